@@ -1,0 +1,258 @@
+//! The [`Acquire`] future.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use pin_project::{pin_project, pinned_drop};
+use tokio::time::{Instant, Sleep};
+
+use super::Shared;
+use super::queue::WaiterKey;
+use super::state::{Admission, WaiterPoll, WakeList};
+use crate::error::AcquireError;
+use crate::quota::Cost;
+
+/// A grant: the proof that a cost was admitted by every quota.
+///
+/// A sliding-window grant is never given back: it counts against the window
+/// until it leaves it, whatever the caller does next.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use paceline::{Cost, RateLimiter};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), paceline::ConfigError> {
+/// let limiter = RateLimiter::new(1, Duration::from_secs(1))?;
+/// limiter.acquire().await.unwrap();
+/// let grant = limiter.acquire().await.unwrap();
+/// assert_eq!(grant.waited(), Duration::from_secs(1));
+/// assert_eq!(grant.cost(), Cost::requests(1));
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    cost: Cost,
+    granted_at: Instant,
+    waited: Duration,
+}
+
+impl Grant {
+    /// The cost granted.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use paceline::{Cost, RateLimiter};
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), paceline::ConfigError> {
+    /// let limiter = RateLimiter::new(10, std::time::Duration::from_secs(1))?;
+    /// assert_eq!(limiter.acquire_many(3).await.unwrap().cost(), Cost::requests(3));
+    /// # Ok(()) }
+    /// ```
+    pub fn cost(&self) -> Cost {
+        self.cost
+    }
+
+    /// The instant of the grant: the one every quota counts it at.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use paceline::RateLimiter;
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), paceline::ConfigError> {
+    /// let limiter = RateLimiter::new(10, std::time::Duration::from_secs(1))?;
+    /// let before = tokio::time::Instant::now();
+    /// assert_eq!(limiter.acquire().await.unwrap().granted_at(), before);
+    /// # Ok(()) }
+    /// ```
+    pub fn granted_at(&self) -> Instant {
+        self.granted_at
+    }
+
+    /// How long the acquire waited in the queue (zero when granted at once).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use paceline::RateLimiter;
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), paceline::ConfigError> {
+    /// let limiter = RateLimiter::new(10, std::time::Duration::from_secs(1))?;
+    /// assert!(limiter.acquire().await.unwrap().waited().is_zero());
+    /// # Ok(()) }
+    /// ```
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
+
+    pub(crate) fn new(cost: Cost, granted_at: Instant, waited: Duration) -> Self {
+        Grant {
+            cost,
+            granted_at,
+            waited,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    New,
+    Queued(WaiterKey),
+    Done,
+}
+
+enum Step {
+    Done(Result<Grant, AcquireError>),
+    Wait(Option<Instant>),
+}
+
+/// The future returned by [`RateLimiter::acquire`](crate::RateLimiter::acquire)
+/// and its variants; it resolves to a [`Grant`] or an [`AcquireError`].
+///
+/// The acquire takes its place in the queue when first polled; that place
+/// fixes its turn.
+///
+/// # Cancel safety
+///
+/// Dropping the future at any point leaks nothing. Not yet granted, it leaves
+/// the queue (losing its place), and if that lets the next waiter through,
+/// that waiter is granted at once. Granted but not yet polled to completion,
+/// its grant is taken back and offered to the queue. Once it has returned its
+/// [`Grant`], the grant counts against the window.
+///
+/// # Panics
+///
+/// Polling it again after it has completed panics. Waiting needs a Tokio
+/// runtime with the time driver enabled (as `tokio::time::sleep` does).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use paceline::RateLimiter;
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), paceline::ConfigError> {
+/// let limiter = RateLimiter::new(1, Duration::from_secs(1))?;
+/// limiter.acquire().await.unwrap();
+/// // Give up on the second grant after 100 ms: nothing is left behind.
+/// let waited = tokio::time::timeout(Duration::from_millis(100), limiter.acquire()).await;
+/// assert!(waited.is_err());
+/// assert_eq!(limiter.stats().queued, 0);
+/// # Ok(()) }
+/// ```
+#[pin_project(PinnedDrop)]
+#[must_use = "futures do nothing unless you `.await` or poll them"]
+pub struct Acquire<'a> {
+    shared: &'a Shared,
+    cost: Cost,
+    deadline: Option<Instant>,
+    progress: Progress,
+    #[pin]
+    timer: Option<Sleep>,
+}
+
+impl std::fmt::Debug for Acquire<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Acquire")
+            .field("cost", &self.cost)
+            .field("deadline", &self.deadline)
+            .field("progress", &self.progress)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Acquire<'a> {
+    pub(crate) fn new(shared: &'a Shared, cost: Cost, deadline: Option<Instant>) -> Self {
+        Acquire {
+            shared,
+            cost,
+            deadline,
+            progress: Progress::New,
+            timer: None,
+        }
+    }
+}
+
+impl Future for Acquire<'_> {
+    type Output = Result<Grant, AcquireError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            let mut wake = WakeList::default();
+            let step = {
+                let mut state = this.shared.lock();
+                let now = state.observe(this.shared.clock.now());
+                match *this.progress {
+                    Progress::New => match state.admit(*this.cost, *this.deadline, now, cx.waker()) {
+                        Ok(Admission::Granted(at)) => {
+                            Step::Done(Ok(Grant::new(*this.cost, at, Duration::ZERO)))
+                        }
+                        Ok(Admission::Queued { key, wake_at }) => {
+                            *this.progress = Progress::Queued(key);
+                            Step::Wait(wake_at)
+                        }
+                        Err(err) => Step::Done(Err(err)),
+                    },
+                    Progress::Queued(key) => {
+                        match state.poll_waiter(key, *this.deadline, now, cx.waker(), &mut wake) {
+                            WaiterPoll::Granted { at, queued_at } => Step::Done(Ok(Grant::new(
+                                *this.cost,
+                                at,
+                                at.saturating_duration_since(queued_at),
+                            ))),
+                            WaiterPoll::Failed(err) => Step::Done(Err(err)),
+                            WaiterPoll::Waiting { wake_at } => Step::Wait(wake_at),
+                        }
+                    }
+                    Progress::Done => panic!("`Acquire` polled after completion"),
+                }
+            };
+            wake.wake_all();
+            match step {
+                Step::Done(result) => {
+                    *this.progress = Progress::Done;
+                    return Poll::Ready(result);
+                }
+                Step::Wait(None) => return Poll::Pending,
+                Step::Wait(Some(at)) => {
+                    match this.timer.as_mut().as_pin_mut() {
+                        Some(timer) if timer.deadline() == at => {}
+                        Some(timer) => timer.reset(at),
+                        None => this.timer.set(Some(tokio::time::sleep_until(at))),
+                    }
+                    let fired = this
+                        .timer
+                        .as_mut()
+                        .as_pin_mut()
+                        .is_some_and(|timer| timer.poll(cx).is_ready());
+                    if !fired {
+                        return Poll::Pending;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[pinned_drop]
+impl PinnedDrop for Acquire<'_> {
+    fn drop(self: Pin<&mut Self>) {
+        if let Progress::Queued(key) = self.progress {
+            let mut wake = WakeList::default();
+            {
+                let mut state = self.shared.lock();
+                let now = state.observe(self.shared.clock.now());
+                state.cancel(key, now, &mut wake);
+            }
+            wake.wake_all();
+        }
+    }
+}

@@ -1,0 +1,623 @@
+//! The local [`RateLimiter`]: a strict sliding window with FIFO waiters.
+
+mod acquire;
+mod clock;
+mod queue;
+mod state;
+mod window;
+
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+pub use self::acquire::{Acquire, Grant};
+use self::clock::Clock;
+use self::state::{LimiterState, WakeList};
+use crate::error::{ConfigError, TryAcquireError};
+use crate::quota::{Cost, Quota};
+use crate::stats::Stats;
+
+
+/// What every handle of one limiter shares.
+pub(crate) struct Shared {
+    state: Mutex<LimiterState>,
+    clock: Clock,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, LimiterState> {
+        // The state is consistent between calls; a panic elsewhere while the
+        // lock was held (a waker's, say) does not make it unusable.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A strict sliding-window rate limiter with FIFO waiters.
+///
+/// For every quota `(max, window)` it holds, and for every instant `t`, the
+/// cost granted in `(t - window, t]` is at most `max`: no burst above `max` in
+/// any window, ever. Waiters are granted in the order they first polled, each
+/// at the earliest instant its grant is feasible. A clone is a handle to the
+/// same limiter: clones share one state, one queue and one window.
+///
+/// The contract in full:
+///
+/// - **Several quotas** (say 15 per minute and 1,500 per day, or requests and
+///   tokens per minute) are checked and charged together: a grant fits all of
+///   them at the same instant, and a waiter never holds a grant in one quota
+///   while it waits on another.
+/// - **FIFO, no barging.** A later small acquire never overtakes an earlier
+///   large one, and `try_acquire` fails while anyone is queued. The price: a
+///   large acquire at the head holds back the small ones behind it.
+/// - **Work-conserving.** Each waiter is granted at the earliest instant that
+///   its grant is feasible given the grants made and the waiters ahead. Under
+///   tokio's paused clock this is exact; in real time the lag is the timer's
+///   resolution (1 ms).
+/// - **Cancel-safe.** See [`Acquire`].
+/// - **A cost above a quota's `max`** fails at once; it never waits forever.
+/// - **Pause** ([`pause_for`](Self::pause_for)): after a 429, nobody is
+///   granted before the server's retry instant; the queue keeps its order.
+/// - **Reconfigure** ([`set_quota`](Self::set_quota)): a new quota applies to
+///   the queued waiters at once.
+/// - **Close** ([`close`](Self::close)): queued and later acquires fail.
+///
+/// Time is [`tokio::time::Instant`], so a limiter runs in virtual time under
+/// `tokio::time::pause()` (or `#[tokio::test(start_paused = true)]`).
+///
+/// # Memory
+///
+/// A quota whose `max` is at most 1,024 remembers each grant instant exactly.
+/// A larger quota coalesces grants that come within `window / 1000` of each
+/// other into one entry dated at the latest of them, so its memory stays
+/// below about 1,001 entries whatever the rate. This is strict (a coalesced
+/// grant counts for slightly longer, never shorter) and costs at most 0.1% of
+/// the quota's capacity.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use paceline::RateLimiter;
+/// use tokio::time::Instant;
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), paceline::ConfigError> {
+/// let limiter = RateLimiter::new(15, Duration::from_secs(60))?;
+/// let start = Instant::now();
+/// for _ in 0..15 {
+///     limiter.acquire().await.unwrap(); // the first 15 at once
+/// }
+/// let grant = limiter.acquire().await.unwrap(); // the 16th a window later
+/// assert_eq!(grant.granted_at() - start, Duration::from_secs(60));
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RateLimiter {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("quotas", &self.quotas())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`RateLimiter`] with one or more quotas.
+///
+/// # Examples
+///
+/// ```
+/// use paceline::{Quota, RateLimiter, Unit};
+///
+/// // Gemini's free tier for one model: requests per minute and per day, and
+/// // tokens per minute, enforced together.
+/// let limiter = RateLimiter::builder()
+///     .quota(Quota::per_minute(15)?)
+///     .quota(Quota::per_day(1_500)?)
+///     .quota(Quota::per_minute(1_000_000)?.counting(Unit::Tokens))
+///     .build()?;
+/// assert_eq!(limiter.quotas().len(), 3);
+/// # Ok::<(), paceline::ConfigError>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct RateLimiterBuilder {
+    quotas: Vec<Quota>,
+}
+
+impl RateLimiterBuilder {
+    /// Adds a quota. Call it once per quota.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use paceline::{Quota, RateLimiter};
+    /// let limiter = RateLimiter::builder().quota(Quota::per_second(5)?).build()?;
+    /// assert_eq!(limiter.quotas(), vec![Quota::per_second(5)?]);
+    /// # Ok::<(), paceline::ConfigError>(())
+    /// ```
+    #[must_use]
+    pub fn quota(mut self, quota: Quota) -> Self {
+        self.quotas.push(quota);
+        self
+    }
+
+    /// Builds the limiter.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::NoQuota`] if no quota was added.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use paceline::{ConfigError, RateLimiter};
+    /// assert_eq!(RateLimiter::builder().build().unwrap_err(), ConfigError::NoQuota);
+    /// ```
+    pub fn build(self) -> Result<RateLimiter, ConfigError> {
+        let state = LimiterState::new(&self.quotas)?;
+        Ok(RateLimiter {
+            shared: Arc::new(Shared {
+                state: Mutex::new(state),
+                clock: Clock,
+            }),
+        })
+    }
+}
+
+impl RateLimiter {
+    /// A limiter of `max` requests per sliding `window`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Quota::new`]: zero `max`, zero `window`, or values too large.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use paceline::RateLimiter;
+    /// let limiter = RateLimiter::new(15, std::time::Duration::from_secs(60))?;
+    /// assert_eq!(limiter.stats().max, 15);
+    /// # Ok::<(), paceline::ConfigError>(())
+    /// ```
+    pub fn new(max: u64, window: Duration) -> Result<RateLimiter, ConfigError> {
+        Self::builder().quota(Quota::new(max, window)?).build()
+    }
+
+    /// A builder, for several quotas.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use paceline::{Quota, RateLimiter};
+    /// let limiter = RateLimiter::builder()
+    ///     .quota(Quota::per_minute(15)?)
+    ///     .quota(Quota::per_day(1_500)?)
+    ///     .build()?;
+    /// # Ok::<(), paceline::ConfigError>(())
+    /// ```
+    pub fn builder() -> RateLimiterBuilder {
+        RateLimiterBuilder::default()
+    }
+
+    /// Waits for a grant of one request.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: dropping the future loses its place in the queue and
+    /// nothing else (see [`Acquire`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use paceline::RateLimiter;
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), paceline::ConfigError> {
+    /// let limiter = RateLimiter::new(2, std::time::Duration::from_secs(1))?;
+    /// limiter.acquire().await.unwrap();
+    /// assert_eq!(limiter.stats().in_window, 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn acquire(&self) -> Acquire<'_> {
+        self.acquire_cost(Cost::requests(1))
+    }
+
+    /// Waits for a grant of `n` requests at once.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe, as [`acquire`](Self::acquire).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use paceline::RateLimiter;
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), paceline::ConfigError> {
+    /// let limiter = RateLimiter::new(10, std::time::Duration::from_secs(1))?;
+    /// limiter.acquire_many(7).await.unwrap();
+    /// assert_eq!(limiter.stats().available, 3);
+    /// # Ok(()) }
+    /// ```
+    pub fn acquire_many(&self, n: u64) -> Acquire<'_> {
+        self.acquire_cost(Cost::requests(n))
+    }
+
+    /// Waits for a grant of `cost`: requests and tokens, each charged to the
+    /// quotas of its unit, all in one atomic grant.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe, as [`acquire`](Self::acquire).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use paceline::{Cost, Quota, RateLimiter, Unit};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), paceline::ConfigError> {
+    /// let limiter = RateLimiter::builder()
+    ///     .quota(Quota::per_minute(15)?)
+    ///     .quota(Quota::per_minute(1_000)?.counting(Unit::Tokens))
+    ///     .build()?;
+    /// limiter.acquire_cost(Cost::tokens(812)).await.unwrap();
+    /// // 188 tokens left this minute: the next 812-token call waits a minute.
+    /// let grant = limiter.acquire_cost(Cost::tokens(812)).await.unwrap();
+    /// assert_eq!(grant.waited(), Duration::from_secs(60));
+    /// # Ok(()) }
+    /// ```
+    pub fn acquire_cost(&self, cost: Cost) -> Acquire<'_> {
+        Acquire::new(&self.shared, cost, None)
+    }
+
+    /// Waits for a grant of one request that comes no later than `deadline`.
+    ///
+    /// If the grant cannot come by then (given the grants made, the pause and
+    /// the waiters ahead), it fails at once with
+    /// [`AcquireError::DeadlineExceeded`](crate::AcquireError::DeadlineExceeded),
+    /// saying when it could come; if the deadline passes while it waits (after a
+    /// pause, say), it fails then.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe, as [`acquire`](Self::acquire).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use paceline::{AcquireError, Quota, RateLimiter};
+    /// use tokio::time::Instant;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), paceline::ConfigError> {
+    /// let limiter = RateLimiter::builder().quota(Quota::per_day(1)?).build()?;
+    /// limiter.acquire().await.unwrap();
+    /// // The next grant is a day away: refuse it now rather than wait.
+    /// let deadline = Instant::now() + Duration::from_secs(60);
+    /// match limiter.acquire_before(deadline).await {
+    ///     Err(AcquireError::DeadlineExceeded { earliest: Some(at) }) => {
+    ///         assert_eq!(at - Instant::now(), Duration::from_secs(86_400));
+    ///     }
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn acquire_before(&self, deadline: Instant) -> Acquire<'_> {
+        self.acquire_cost_before(Cost::requests(1), deadline)
+    }
+
+    /// Waits for a grant of `cost` that comes no later than `deadline`; see
+    /// [`acquire_before`](Self::acquire_before).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe, as [`acquire`](Self::acquire).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use paceline::{Cost, RateLimiter};
+    /// use tokio::time::Instant;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), paceline::ConfigError> {
+    /// let limiter = RateLimiter::new(10, Duration::from_secs(1))?;
+    /// limiter.acquire_many(10).await.unwrap();
+    /// let deadline = Instant::now() + Duration::from_secs(1);
+    /// let grant = limiter.acquire_cost_before(Cost::requests(5), deadline).await.unwrap();
+    /// assert_eq!(grant.granted_at(), deadline);
+    /// # Ok(()) }
+    /// ```
+    pub fn acquire_cost_before(&self, cost: Cost, deadline: Instant) -> Acquire<'_> {
+        Acquire::new(&self.shared, cost, Some(deadline))
+    }
+
+    /// Takes one request now if it fits and nobody is queued.
+    ///
+    /// # Errors
+    ///
+    /// [`TryAcquireError::RateLimited`] with the wait after which it would fit
+    /// (behind the queued waiters), [`TryAcquireError::Closed`], or
+    /// [`TryAcquireError::CostExceedsQuota`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use paceline::RateLimiter;
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), paceline::ConfigError> {
+    /// let limiter = RateLimiter::new(1, Duration::from_secs(10))?;
+    /// assert!(limiter.try_acquire().is_ok());
+    /// assert_eq!(limiter.try_acquire().unwrap_err().retry_after(), Some(Duration::from_secs(10)));
+    /// # Ok(()) }
+    /// ```
+    pub fn try_acquire(&self) -> Result<Grant, TryAcquireError> {
+        self.try_acquire_cost(Cost::requests(1))
+    }
+
+    /// Takes `n` requests now if they fit and nobody is queued.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_acquire`](Self::try_acquire).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use paceline::{RateLimiter, TryAcquireError};
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), paceline::ConfigError> {
+    /// let limiter = RateLimiter::new(5, Duration::from_secs(1))?;
+    /// assert!(limiter.try_acquire_many(5).is_ok());
+    /// assert!(matches!(limiter.try_acquire_many(6), Err(TryAcquireError::CostExceedsQuota { .. })));
+    /// # Ok(()) }
+    /// ```
+    pub fn try_acquire_many(&self, n: u64) -> Result<Grant, TryAcquireError> {
+        self.try_acquire_cost(Cost::requests(n))
+    }
+
+    /// Takes `cost` now if it fits every quota and nobody is queued.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_acquire`](Self::try_acquire).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use paceline::{Cost, Quota, RateLimiter, Unit};
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), paceline::ConfigError> {
+    /// let limiter = RateLimiter::builder()
+    ///     .quota(Quota::per_minute(100)?.counting(Unit::Tokens))
+    ///     .build()?;
+    /// assert!(limiter.try_acquire_cost(Cost::tokens(60)).is_ok());
+    /// assert!(limiter.try_acquire_cost(Cost::tokens(60)).is_err());
+    /// # Ok(()) }
+    /// ```
+    pub fn try_acquire_cost(&self, cost: Cost) -> Result<Grant, TryAcquireError> {
+        let mut state = self.shared.lock();
+        let now = state.observe(self.shared.clock.now());
+        let at = state.try_acquire(cost, now)?;
+        Ok(Grant::new(cost, at, Duration::ZERO))
+    }
+
+    /// A consistent snapshot of the limiter.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use paceline::RateLimiter;
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), paceline::ConfigError> {
+    /// let limiter = RateLimiter::new(4, Duration::from_secs(1))?;
+    /// limiter.acquire_many(3).await.unwrap();
+    /// let stats = limiter.stats();
+    /// assert_eq!((stats.in_window, stats.available, stats.utilization_percent), (3, 1, 75.0));
+    /// # Ok(()) }
+    /// ```
+    pub fn stats(&self) -> Stats {
+        let mut state = self.shared.lock();
+        let now = state.observe(self.shared.clock.now());
+        state.stats(now)
+    }
+
+    /// The quotas, in the order they were given.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use paceline::{Quota, RateLimiter};
+    /// let limiter = RateLimiter::new(15, std::time::Duration::from_secs(60))?;
+    /// assert_eq!(limiter.quotas(), vec![Quota::per_minute(15)?]);
+    /// # Ok::<(), paceline::ConfigError>(())
+    /// ```
+    pub fn quotas(&self) -> Vec<Quota> {
+        self.shared.lock().quotas().copied().collect()
+    }
+
+    /// Grants nothing for `duration` from now: the server said 429 and asked
+    /// for this delay. The queue keeps its order; a later pause extends an
+    /// earlier one, a shorter one does not cut it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use paceline::RateLimiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), paceline::ConfigError> {
+    /// let limiter = RateLimiter::new(100, Duration::from_secs(60))?;
+    /// limiter.pause_for(Duration::from_secs(7));
+    /// let grant = limiter.acquire().await.unwrap();
+    /// assert_eq!(grant.waited(), Duration::from_secs(7));
+    /// # Ok(()) }
+    /// ```
+    pub fn pause_for(&self, duration: Duration) {
+        let now = self.shared.clock.now();
+        self.pause_until(now.checked_add(duration).unwrap_or(now + Quota::MAX_WINDOW));
+    }
+
+    /// Grants nothing before `until`; see [`pause_for`](Self::pause_for).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use paceline::RateLimiter;
+    /// use tokio::time::Instant;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), paceline::ConfigError> {
+    /// let limiter = RateLimiter::new(100, Duration::from_secs(60))?;
+    /// let until = Instant::now() + Duration::from_secs(2);
+    /// limiter.pause_until(until);
+    /// assert_eq!(limiter.stats().paused_until, Some(until));
+    /// assert!(limiter.try_acquire().is_err());
+    /// assert_eq!(limiter.acquire().await.unwrap().granted_at(), until);
+    /// # Ok(()) }
+    /// ```
+    pub fn pause_until(&self, until: Instant) {
+        self.update(|state, now, wake| state.pause_until(until, now, wake));
+    }
+
+    /// Ends a pause now.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use paceline::RateLimiter;
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), paceline::ConfigError> {
+    /// let limiter = RateLimiter::new(100, Duration::from_secs(60))?;
+    /// limiter.pause_for(Duration::from_secs(30));
+    /// limiter.resume();
+    /// assert!(limiter.try_acquire().is_ok());
+    /// # Ok(()) }
+    /// ```
+    pub fn resume(&self) {
+        self.update(|state, now, wake| state.resume(now, wake));
+    }
+
+    /// Replaces the quota at `index` (in the order given to the builder) while
+    /// the limiter runs: a tier upgrade or downgrade.
+    ///
+    /// The grants the limiter remembers keep counting, now against the new
+    /// quota, and queued waiters are served under it at once: an upgrade grants
+    /// them now, a downgrade holds them until the window has room under the new
+    /// `max`. A queued waiter whose cost exceeds the new `max` fails with
+    /// [`AcquireError::CostExceedsQuota`](crate::AcquireError::CostExceedsQuota).
+    /// When a window grows, grants older than the old window were already
+    /// forgotten, so the new window counts from there.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::NoSuchQuota`] for a bad index,
+    /// [`ConfigError::UnitChanged`] if the new quota counts another unit.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use paceline::{Quota, RateLimiter};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), paceline::ConfigError> {
+    /// let limiter = RateLimiter::new(15, Duration::from_secs(60))?;
+    /// limiter.acquire_many(15).await.unwrap();
+    /// limiter.set_quota(0, Quota::per_minute(500)?)?; // the paid tier
+    /// assert!(limiter.acquire().await.unwrap().waited().is_zero());
+    /// assert_eq!(limiter.stats().in_window, 16);
+    /// # Ok(()) }
+    /// ```
+    pub fn set_quota(&self, index: usize, quota: Quota) -> Result<(), ConfigError> {
+        self.update(|state, now, wake| state.set_quota(index, quota, now, wake))
+    }
+
+    /// Replaces every quota at once (the same number, each counting the same
+    /// unit); see [`set_quota`](Self::set_quota).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::QuotaCount`] for a different number of quotas,
+    /// [`ConfigError::UnitChanged`] if a quota would count another unit.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use paceline::{Quota, RateLimiter};
+    /// let limiter = RateLimiter::builder()
+    ///     .quota(Quota::per_minute(15)?)
+    ///     .quota(Quota::per_day(1_500)?)
+    ///     .build()?;
+    /// limiter.set_quotas([Quota::per_minute(500)?, Quota::per_day(10_000)?])?;
+    /// assert_eq!(limiter.stats().max, 500);
+    /// # Ok::<(), paceline::ConfigError>(())
+    /// ```
+    pub fn set_quotas(&self, quotas: impl IntoIterator<Item = Quota>) -> Result<(), ConfigError> {
+        let quotas: Vec<Quota> = quotas.into_iter().collect();
+        self.update(|state, now, wake| state.set_quotas(&quotas, now, wake))
+    }
+
+    /// Closes the limiter: queued acquires and every later one fail with
+    /// [`AcquireError::Closed`](crate::AcquireError::Closed). Grants already
+    /// made stand.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use paceline::{AcquireError, RateLimiter};
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), paceline::ConfigError> {
+    /// let limiter = RateLimiter::new(1, Duration::from_secs(1))?;
+    /// limiter.close();
+    /// assert_eq!(limiter.acquire().await.unwrap_err(), AcquireError::Closed);
+    /// assert!(limiter.is_closed());
+    /// # Ok(()) }
+    /// ```
+    pub fn close(&self) {
+        self.update(|state, _, wake| state.close(wake));
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use paceline::RateLimiter;
+    /// let limiter = RateLimiter::new(1, std::time::Duration::from_secs(1))?;
+    /// assert!(!limiter.is_closed());
+    /// # Ok::<(), paceline::ConfigError>(())
+    /// ```
+    pub fn is_closed(&self) -> bool {
+        self.shared.lock().is_closed()
+    }
+
+    fn update<T>(&self, f: impl FnOnce(&mut LimiterState, Instant, &mut WakeList) -> T) -> T {
+        let mut wake = WakeList::default();
+        let result = {
+            let mut state = self.shared.lock();
+            let now = state.observe(self.shared.clock.now());
+            f(&mut state, now, &mut wake)
+        };
+        wake.wake_all();
+        result
+    }
+}
+
+#[cfg(test)]
+mod model_tests;

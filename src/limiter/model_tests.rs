@@ -1,0 +1,1 @@
+//! Property tests of the pure limiter state against a brute-force model.

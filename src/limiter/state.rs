@@ -1,0 +1,571 @@
+//! The limiter's state machine: its quotas' windows, the FIFO queue, the pause
+//! and the closed flag. Pure and synchronous: every method takes `now`, so
+//! tests and property tests drive it with explicit instants.
+//!
+//! # Implementation details
+//!
+//! The queue is served strictly in order. Whenever anything changes (a grant,
+//! a refund, a waiter leaving, a pause ending, a quota growing), `grant_ready`
+//! grants waiters from the head for as long as the head fits every quota at
+//! `now`, then wakes the new head so that it arms a timer for its own earliest
+//! feasible instant. Only the head ever needs a timer: everyone behind it is
+//! woken by a grant.
+
+use std::task::Waker;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::queue::{WaiterKey, WaiterQueue, WaiterStatus};
+use super::window::SlidingWindow;
+use crate::error::{AcquireError, ConfigError, TryAcquireError};
+use crate::quota::{Cost, Quota};
+use crate::stats::{QuotaStats, Stats};
+
+/// How many wakers a [`WakeList`] holds before it wakes them in place.
+const WAKE_BATCH: usize = 16;
+
+/// Wakers to wake once the lock is released, held inline so that waking
+/// allocates nothing. Past [`WAKE_BATCH`] wakers, the batch is woken at once.
+#[derive(Debug, Default)]
+pub(crate) struct WakeList {
+    wakers: [Option<Waker>; WAKE_BATCH],
+    len: usize,
+}
+
+impl WakeList {
+    pub(crate) fn push(&mut self, waker: Option<Waker>) {
+        if let Some(waker) = waker {
+            if self.len == WAKE_BATCH {
+                self.wake_all();
+            }
+            self.wakers[self.len] = Some(waker);
+            self.len += 1;
+        }
+    }
+
+    pub(crate) fn wake_all(&mut self) {
+        for slot in &mut self.wakers[..self.len] {
+            if let Some(waker) = slot.take() {
+                waker.wake();
+            }
+        }
+        self.len = 0;
+    }
+}
+
+impl Drop for WakeList {
+    fn drop(&mut self) {
+        self.wake_all();
+    }
+}
+
+/// The outcome of a new acquire.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Admission {
+    /// Granted at once, at this instant.
+    Granted(Instant),
+    /// Queued; the future should be woken no later than `wake_at`.
+    Queued {
+        key: WaiterKey,
+        wake_at: Option<Instant>,
+    },
+}
+
+/// Where a queued acquire stands when its future polls.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum WaiterPoll {
+    /// Granted at `at` after queueing at `queued_at`; the slot is freed.
+    Granted { at: Instant, queued_at: Instant },
+    /// Failed; the slot is freed.
+    Failed(AcquireError),
+    /// Still waiting; wake no later than `wake_at`.
+    Waiting { wake_at: Option<Instant> },
+}
+
+/// The state of one limiter.
+#[derive(Debug)]
+pub(crate) struct LimiterState {
+    windows: Vec<SlidingWindow>,
+    queue: WaiterQueue,
+    paused_until: Option<Instant>,
+    closed: bool,
+    latest: Option<Instant>,
+    granted: u64,
+    waited: u64,
+    wait_time: Duration,
+    /// Reused buffers for projections, one per quota.
+    scratch: Vec<Vec<(Instant, u64)>>,
+}
+
+impl LimiterState {
+    pub(crate) fn new(quotas: &[Quota]) -> Result<Self, ConfigError> {
+        if quotas.is_empty() {
+            return Err(ConfigError::NoQuota);
+        }
+        Ok(LimiterState {
+            windows: quotas.iter().copied().map(SlidingWindow::new).collect(),
+            queue: WaiterQueue::default(),
+            paused_until: None,
+            closed: false,
+            latest: None,
+            granted: 0,
+            waited: 0,
+            wait_time: Duration::ZERO,
+            scratch: vec![Vec::new(); quotas.len()],
+        })
+    }
+
+    /// Clamps a clock reading so that time never runs backwards here.
+    pub(crate) fn observe(&mut self, now: Instant) -> Instant {
+        let now = match self.latest {
+            Some(latest) if latest > now => latest,
+            _ => now,
+        };
+        self.latest = Some(now);
+        now
+    }
+
+    pub(crate) fn quotas(&self) -> impl Iterator<Item = &Quota> {
+        self.windows.iter().map(SlidingWindow::quota)
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Memory held by the windows, in log entries.
+    #[cfg(test)]
+    #[allow(dead_code)]
+    pub(crate) fn log_entries(&self) -> usize {
+        self.windows.iter().map(SlidingWindow::entries).sum()
+    }
+
+    fn check_cost(&self, cost: Cost) -> Result<(), AcquireError> {
+        for window in &self.windows {
+            let quota = window.quota();
+            let amount = cost.amount(quota.unit());
+            if amount > quota.max() {
+                return Err(AcquireError::CostExceedsQuota {
+                    unit: quota.unit(),
+                    cost: amount,
+                    max: quota.max(),
+                    window: quota.window(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn expire(&mut self, now: Instant) {
+        for window in &mut self.windows {
+            window.expire(now);
+        }
+        if self.paused_until.is_some_and(|until| until <= now) {
+            self.paused_until = None;
+        }
+    }
+
+    fn fits_now(&self, cost: Cost) -> bool {
+        self.paused_until.is_none()
+            && self
+                .windows
+                .iter()
+                .all(|w| w.fits(cost.amount(w.quota().unit())))
+    }
+
+    fn record(&mut self, cost: Cost, now: Instant) {
+        for window in &mut self.windows {
+            window.record(cost.amount(window.quota().unit()), now);
+        }
+        self.granted += 1;
+    }
+
+    /// The earliest instant at which `cost` fits every quota and the pause,
+    /// ignoring the queue. Call after `expire(now)`.
+    fn earliest_fit(&self, cost: Cost, now: Instant) -> Instant {
+        let start = self.paused_until.map_or(now, |until| until.max(now));
+        self.windows.iter().fold(start, |t, w| {
+            t.max(w.earliest_fit(cost.amount(w.quota().unit()), start))
+        })
+    }
+
+    /// The instant at which `cost` would be granted if it queued now and
+    /// nothing else changed: every waiter ahead is served first, in order.
+    fn project(&mut self, cost: Cost, now: Instant) -> Instant {
+        if self.queue.is_empty() {
+            return self.earliest_fit(cost, now);
+        }
+        let mut sims: Vec<SimWindow<'_>> = self
+            .scratch
+            .iter_mut()
+            .zip(&self.windows)
+            .map(|(buffer, window)| SimWindow::new(buffer, window))
+            .collect();
+        let mut t = self.paused_until.map_or(now, |until| until.max(now));
+        let ahead = self.queue.iter().map(|key| self.queue.waiter(key).cost);
+        for next in ahead.chain(std::iter::once(cost)) {
+            t = sims.iter_mut().fold(t, |t, sim| t.max(sim.earliest_fit(next, t)));
+            for sim in &mut sims {
+                sim.record(next, t);
+            }
+        }
+        t
+    }
+
+    /// Grants `cost` now if it fits and nobody waits.
+    pub(crate) fn try_acquire(&mut self, cost: Cost, now: Instant) -> Result<Instant, TryAcquireError> {
+        if self.closed {
+            return Err(TryAcquireError::Closed);
+        }
+        self.check_cost(cost).map_err(|err| match err {
+            AcquireError::CostExceedsQuota {
+                unit,
+                cost,
+                max,
+                window,
+            } => TryAcquireError::CostExceedsQuota {
+                unit,
+                cost,
+                max,
+                window,
+            },
+            _ => TryAcquireError::Closed,
+        })?;
+        self.expire(now);
+        if self.queue.is_empty() && self.fits_now(cost) {
+            self.record(cost, now);
+            return Ok(now);
+        }
+        let at = self.project(cost, now);
+        Err(TryAcquireError::RateLimited {
+            retry_after: at.saturating_duration_since(now),
+        })
+    }
+
+    /// A new acquire: granted at once, refused, or queued at the tail.
+    pub(crate) fn admit(
+        &mut self,
+        cost: Cost,
+        deadline: Option<Instant>,
+        now: Instant,
+        waker: &Waker,
+    ) -> Result<Admission, AcquireError> {
+        if self.closed {
+            return Err(AcquireError::Closed);
+        }
+        self.check_cost(cost)?;
+        self.expire(now);
+        if self.queue.is_empty() && self.fits_now(cost) {
+            if deadline.is_some_and(|d| d < now) {
+                return Err(AcquireError::DeadlineExceeded {
+                    earliest: Some(now),
+                });
+            }
+            self.record(cost, now);
+            return Ok(Admission::Granted(now));
+        }
+        if let Some(deadline) = deadline {
+            let earliest = self.project(cost, now);
+            if earliest > deadline {
+                return Err(AcquireError::DeadlineExceeded {
+                    earliest: Some(earliest),
+                });
+            }
+        }
+        let key = self.queue.push_back(cost, now, waker.clone());
+        let wake_at = self.wake_at(key, deadline, now);
+        Ok(Admission::Queued { key, wake_at })
+    }
+
+    /// When a waiting waiter must next be woken: its own deadline, and, for
+    /// the head, its earliest feasible instant.
+    fn wake_at(&self, key: WaiterKey, deadline: Option<Instant>, now: Instant) -> Option<Instant> {
+        let feasible_at = (self.queue.head() == Some(key))
+            .then(|| self.earliest_fit(self.queue.waiter(key).cost, now));
+        match (feasible_at, deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// A queued acquire's future polls: serve the queue, then report.
+    pub(crate) fn poll_waiter(
+        &mut self,
+        key: WaiterKey,
+        deadline: Option<Instant>,
+        now: Instant,
+        waker: &Waker,
+        wake: &mut WakeList,
+    ) -> WaiterPoll {
+        self.grant_ready(now, wake);
+        match self.queue.waiter(key).status {
+            WaiterStatus::Granted(at) => {
+                let waiter = self.queue.remove(key);
+                WaiterPoll::Granted {
+                    at,
+                    queued_at: waiter.queued_at,
+                }
+            }
+            WaiterStatus::Closed => {
+                self.queue.remove(key);
+                WaiterPoll::Failed(AcquireError::Closed)
+            }
+            WaiterStatus::Refused => {
+                let waiter = self.queue.remove(key);
+                let err = self.check_cost(waiter.cost).err();
+                WaiterPoll::Failed(err.unwrap_or(AcquireError::Closed))
+            }
+            WaiterStatus::Waiting if deadline.is_some_and(|d| d <= now) => {
+                self.cancel(key, now, wake);
+                WaiterPoll::Failed(AcquireError::DeadlineExceeded { earliest: None })
+            }
+            WaiterStatus::Waiting => {
+                let slot = &mut self.queue.waiter_mut(key).waker;
+                match slot {
+                    Some(old) if old.will_wake(waker) => {}
+                    _ => *slot = Some(waker.clone()),
+                }
+                WaiterPoll::Waiting {
+                    wake_at: self.wake_at(key, deadline, now),
+                }
+            }
+        }
+    }
+
+    /// A queued acquire's future was dropped: it leaves the queue, or gives
+    /// back a grant it never saw, and the queue is served again.
+    pub(crate) fn cancel(&mut self, key: WaiterKey, now: Instant, wake: &mut WakeList) {
+        let was_head = self.queue.head() == Some(key);
+        let waiter = self.queue.remove(key);
+        match waiter.status {
+            WaiterStatus::Granted(at) => {
+                for window in &mut self.windows {
+                    window.refund(waiter.cost.amount(window.quota().unit()), at, now);
+                }
+                self.granted -= 1;
+                self.waited -= 1;
+                self.wait_time = self
+                    .wait_time
+                    .saturating_sub(at.saturating_duration_since(waiter.queued_at));
+                self.serve(now, wake);
+            }
+            WaiterStatus::Waiting if was_head => self.serve(now, wake),
+            _ => {}
+        }
+    }
+
+    /// Grants what fits now and wakes the head so it re-arms its timer.
+    fn serve(&mut self, now: Instant, wake: &mut WakeList) {
+        let granted_any = self.grant_ready(now, wake);
+        if !granted_any {
+            self.wake_head(wake);
+        }
+    }
+
+    fn wake_head(&mut self, wake: &mut WakeList) {
+        if let Some(head) = self.queue.head() {
+            let waker = self.queue.waiter(head).waker.clone();
+            wake.push(waker);
+        }
+    }
+
+    /// Grants waiters from the head while the head fits at `now`, wakes them,
+    /// and wakes the new head if any was granted. Returns whether any was.
+    pub(crate) fn grant_ready(&mut self, now: Instant, wake: &mut WakeList) -> bool {
+        if self.closed {
+            return false;
+        }
+        self.expire(now);
+        let mut granted_any = false;
+        while let Some(head) = self.queue.head() {
+            let waiter = self.queue.waiter(head);
+            let (cost, queued_at) = (waiter.cost, waiter.queued_at);
+            if !self.fits_now(cost) {
+                break;
+            }
+            self.record(cost, now);
+            self.waited += 1;
+            self.wait_time += now.saturating_duration_since(queued_at);
+            wake.push(self.queue.unlink(head, WaiterStatus::Granted(now)));
+            granted_any = true;
+        }
+        if granted_any {
+            self.wake_head(wake);
+        }
+        granted_any
+    }
+
+    /// No grant before `until` (later pauses extend, earlier ones are kept).
+    pub(crate) fn pause_until(&mut self, until: Instant, now: Instant, wake: &mut WakeList) {
+        if until > now && self.paused_until.is_none_or(|current| current < until) {
+            self.paused_until = Some(until);
+            self.wake_head(wake);
+        }
+    }
+
+    /// Ends a pause at once.
+    pub(crate) fn resume(&mut self, now: Instant, wake: &mut WakeList) {
+        if self.paused_until.take().is_some() {
+            self.serve(now, wake);
+        }
+    }
+
+    /// Replaces the quota at `index`, keeping its remembered grants.
+    pub(crate) fn set_quota(
+        &mut self,
+        index: usize,
+        quota: Quota,
+        now: Instant,
+        wake: &mut WakeList,
+    ) -> Result<(), ConfigError> {
+        self.check_replacement(index, &quota)?;
+        self.windows[index].set_quota(quota);
+        self.after_reconfigure(now, wake);
+        Ok(())
+    }
+
+    /// Replaces every quota at once, keeping their remembered grants.
+    pub(crate) fn set_quotas(
+        &mut self,
+        quotas: &[Quota],
+        now: Instant,
+        wake: &mut WakeList,
+    ) -> Result<(), ConfigError> {
+        if quotas.len() != self.windows.len() {
+            return Err(ConfigError::QuotaCount {
+                expected: self.windows.len(),
+                given: quotas.len(),
+            });
+        }
+        for (index, quota) in quotas.iter().enumerate() {
+            self.check_replacement(index, quota)?;
+        }
+        for (window, quota) in self.windows.iter_mut().zip(quotas) {
+            window.set_quota(*quota);
+        }
+        self.after_reconfigure(now, wake);
+        Ok(())
+    }
+
+    fn check_replacement(&self, index: usize, quota: &Quota) -> Result<(), ConfigError> {
+        let current = self.windows.get(index).ok_or(ConfigError::NoSuchQuota {
+            index,
+            count: self.windows.len(),
+        })?;
+        if current.quota().unit() != quota.unit() {
+            return Err(ConfigError::UnitChanged {
+                index,
+                from: current.quota().unit(),
+                to: quota.unit(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Waiters that no longer fit a quota at all fail; the rest are served
+    /// under the new quotas at once.
+    fn after_reconfigure(&mut self, now: Instant, wake: &mut WakeList) {
+        let mut next = self.queue.head();
+        while let Some(key) = next {
+            next = self.queue.next(key);
+            if self.check_cost(self.queue.waiter(key).cost).is_err() {
+                wake.push(self.queue.unlink(key, WaiterStatus::Refused));
+            }
+        }
+        self.serve(now, wake);
+    }
+
+    /// Fails every queued acquire and every later one.
+    pub(crate) fn close(&mut self, wake: &mut WakeList) {
+        self.closed = true;
+        while let Some(head) = self.queue.head() {
+            wake.push(self.queue.unlink(head, WaiterStatus::Closed));
+        }
+    }
+
+    pub(crate) fn stats(&mut self, now: Instant) -> Stats {
+        self.expire(now);
+        let quotas: Vec<QuotaStats> = self
+            .windows
+            .iter()
+            .map(|w| {
+                let quota = *w.quota();
+                let in_window = w.in_window();
+                QuotaStats {
+                    quota,
+                    in_window,
+                    available: quota.max().saturating_sub(in_window),
+                    utilization_percent: in_window as f64 * 100.0 / quota.max() as f64,
+                }
+            })
+            .collect();
+        let first = &quotas[0];
+        Stats {
+            in_window: first.in_window,
+            max: first.quota.max(),
+            queued: self.queue.len(),
+            available: first.available,
+            utilization_percent: first.utilization_percent,
+            granted: self.granted,
+            waited: self.waited,
+            wait_time: self.wait_time,
+            paused_until: self.paused_until,
+            closed: self.closed,
+            quotas,
+        }
+    }
+}
+
+/// One quota's log, copied into a reusable buffer, for projecting the queue
+/// forward without touching the real log.
+struct SimWindow<'a> {
+    quota: Quota,
+    log: &'a mut Vec<(Instant, u64)>,
+    start: usize,
+    in_window: u64,
+}
+
+impl<'a> SimWindow<'a> {
+    fn new(log: &'a mut Vec<(Instant, u64)>, window: &SlidingWindow) -> Self {
+        log.clear();
+        log.extend(window.log_iter());
+        SimWindow {
+            quota: *window.quota(),
+            log,
+            start: 0,
+            in_window: window.in_window(),
+        }
+    }
+
+    fn earliest_fit(&mut self, cost: Cost, t: Instant) -> Instant {
+        let window = self.quota.window();
+        while let Some(&(at, amount)) = self.log.get(self.start) {
+            if at + window > t {
+                break;
+            }
+            self.in_window -= amount;
+            self.start += 1;
+        }
+        let amount = cost.amount(self.quota.unit());
+        if self.in_window + amount <= self.quota.max() {
+            return t;
+        }
+        let mut must_free = self.in_window + amount - self.quota.max();
+        for &(at, freed) in &self.log[self.start..] {
+            if freed >= must_free {
+                return (at + window).max(t);
+            }
+            must_free -= freed;
+        }
+        t
+    }
+
+    fn record(&mut self, cost: Cost, t: Instant) {
+        let amount = cost.amount(self.quota.unit());
+        if amount > 0 {
+            self.log.push((t, amount));
+            self.in_window += amount;
+        }
+    }
+}
