@@ -1,0 +1,37 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// Seconds as a `Duration`.
+pub(crate) fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// Milliseconds as a `Duration`.
+pub(crate) fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// Spawns `fut` and lets it run until it blocks, so that it takes its place
+/// in the queue before the next one is spawned.
+pub(crate) async fn spawn_queued<F>(fut: F) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handle = tokio::spawn(fut);
+    for _ in 0..4 {
+        tokio::task::yield_now().await;
+    }
+    handle
+}
+
+/// The time elapsed since `start`.
+pub(crate) fn since(start: Instant) -> Duration {
+    Instant::now() - start
+}
