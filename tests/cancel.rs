@@ -22,7 +22,11 @@ async fn dropping_the_head_grants_the_next_waiter_at_once() {
     .await;
     assert_eq!(limiter.stats().queued, 2);
     drop(head);
-    assert_eq!(next.await.unwrap(), start, "granted the instant the head left");
+    assert_eq!(
+        next.await.unwrap(),
+        start,
+        "granted the instant the head left"
+    );
     assert_eq!(limiter.stats().in_window, 2);
 }
 
@@ -70,7 +74,11 @@ async fn dropping_a_granted_but_unpolled_waiter_gives_its_grant_back() {
     assert_eq!(limiter.stats().in_window, 2);
     assert_eq!(limiter.stats().queued, 1);
     drop(granted);
-    assert_eq!(next.await.unwrap(), start, "the refunded grant went to the next waiter");
+    assert_eq!(
+        next.await.unwrap(),
+        start,
+        "the refunded grant went to the next waiter"
+    );
     let stats = limiter.stats();
     assert_eq!((stats.in_window, stats.granted, stats.queued), (2, 2, 0));
 }
@@ -108,7 +116,11 @@ async fn a_select_that_loses_the_race_cancels_cleanly() {
         _ = &mut acquire => panic!("no capacity for a minute"),
         _ = tokio::time::sleep(secs(5)) => {}
     }
-    assert_eq!(limiter.stats().queued, 1, "still queued while the future lives");
+    assert_eq!(
+        limiter.stats().queued,
+        1,
+        "still queued while the future lives"
+    );
     // Polling it again later keeps its place and its exact instant.
     let grant = acquire.await.unwrap();
     assert_eq!(grant.granted_at() - start, secs(60));

@@ -19,7 +19,10 @@ async fn hundred_acquires_on_15_per_minute_come_15_a_minute() {
     }
     assert_eq!(since(start), secs(360));
     let stats = limiter.stats();
-    assert_eq!((stats.granted, stats.waited, stats.in_window), (100, 85, 10));
+    assert_eq!(
+        (stats.granted, stats.waited, stats.in_window),
+        (100, 85, 10)
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -57,7 +60,10 @@ async fn a_large_acquire_at_the_head_holds_back_smaller_ones() {
     })
     .await;
     // Four units are free now, but the small acquire may not barge.
-    assert!(matches!(limiter.try_acquire(), Err(TryAcquireError::RateLimited { .. })));
+    assert!(matches!(
+        limiter.try_acquire(),
+        Err(TryAcquireError::RateLimited { .. })
+    ));
     assert_eq!(big.await.unwrap() - start, secs(1));
     assert_eq!(small.await.unwrap() - start, secs(2));
 }
@@ -73,7 +79,12 @@ async fn try_acquire_reports_the_wait_behind_the_queue() {
     .await;
     // The queued pair takes t = 10 s, so one more fits at t = 20 s.
     let err = limiter.try_acquire().unwrap_err();
-    assert_eq!(err, TryAcquireError::RateLimited { retry_after: secs(20) });
+    assert_eq!(
+        err,
+        TryAcquireError::RateLimited {
+            retry_after: secs(20)
+        }
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -87,7 +98,10 @@ async fn each_waiter_is_granted_at_the_instant_its_grant_becomes_feasible() {
     limiter.acquire().await.unwrap();
     // Full: grants at 0, 300 and 600 ms leave at 1,000, 1,300 and 1,600 ms.
     let grants = join_all((0..4).map(|_| limiter.acquire())).await;
-    let at: Vec<_> = grants.into_iter().map(|g| g.unwrap().granted_at() - start).collect();
+    let at: Vec<_> = grants
+        .into_iter()
+        .map(|g| g.unwrap().granted_at() - start)
+        .collect();
     assert_eq!(at, [ms(1_000), ms(1_300), ms(1_600), ms(2_000)]);
 }
 

@@ -37,7 +37,9 @@ async fn a_pause_holds_every_grant_until_it_ends_and_keeps_the_order() {
     assert_eq!(limiter.stats().paused_until, Some(start + secs(7)));
     assert_eq!(
         limiter.try_acquire(),
-        Err(TryAcquireError::RateLimited { retry_after: secs(7) })
+        Err(TryAcquireError::RateLimited {
+            retry_after: secs(7)
+        })
     );
     let grants = join_all((0..5).map(|_| limiter.acquire())).await;
     for grant in grants {
@@ -91,7 +93,9 @@ async fn an_upgrade_grants_queued_waiters_at_once() {
         v
     };
     tokio::time::sleep(secs(5)).await;
-    limiter.set_quota(0, Quota::per_minute(500).unwrap()).unwrap();
+    limiter
+        .set_quota(0, Quota::per_minute(500).unwrap())
+        .unwrap();
     for handle in waiters {
         assert_eq!(handle.await.unwrap() - start, secs(5));
     }
@@ -111,7 +115,9 @@ async fn a_downgrade_holds_queued_waiters_to_the_new_quota() {
     })
     .await;
     tokio::time::sleep(ms(100)).await;
-    limiter.set_quota(0, Quota::new(5, ms(1_000)).unwrap()).unwrap();
+    limiter
+        .set_quota(0, Quota::new(5, ms(1_000)).unwrap())
+        .unwrap();
     // Under 10/s it would come at 1,000 ms; under 5/s the 2 granted at
     // 500 ms leave room for 4 only once they leave, at 1,500 ms.
     assert_eq!(waiter.await.unwrap() - start, ms(1_500));
@@ -127,7 +133,9 @@ async fn a_shorter_window_applies_to_queued_waiters() {
         async move { l.acquire().await.unwrap().granted_at() }
     })
     .await;
-    limiter.set_quota(0, Quota::new(15, secs(30)).unwrap()).unwrap();
+    limiter
+        .set_quota(0, Quota::new(15, secs(30)).unwrap())
+        .unwrap();
     assert_eq!(waiter.await.unwrap() - start, secs(30));
 }
 
@@ -149,7 +157,11 @@ async fn a_downgrade_below_a_queued_cost_fails_that_waiter() {
     limiter.set_quota(0, Quota::per_second(5).unwrap()).unwrap();
     assert!(matches!(
         big.await.unwrap(),
-        Err(AcquireError::CostExceedsQuota { cost: 8, max: 5, .. })
+        Err(AcquireError::CostExceedsQuota {
+            cost: 8,
+            max: 5,
+            ..
+        })
     ));
     assert_eq!(small.await.unwrap().unwrap() - start, secs(1));
 }
@@ -172,7 +184,10 @@ async fn reconfiguration_errors_are_typed() {
     );
     assert_eq!(
         limiter.set_quotas([]),
-        Err(ConfigError::QuotaCount { expected: 1, given: 0 })
+        Err(ConfigError::QuotaCount {
+            expected: 1,
+            given: 0
+        })
     );
     assert_eq!(limiter.quotas(), vec![Quota::per_second(10).unwrap()]);
 }

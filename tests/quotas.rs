@@ -21,13 +21,25 @@ async fn every_quota_binds_and_a_grant_is_charged_to_all() {
     let limiter = gemini_free_tier();
     let start = Instant::now();
     let grants = join_all((0..25).map(|_| limiter.acquire())).await;
-    let at: Vec<Duration> = grants.into_iter().map(|g| g.unwrap().granted_at() - start).collect();
+    let at: Vec<Duration> = grants
+        .into_iter()
+        .map(|g| g.unwrap().granted_at() - start)
+        .collect();
     assert!(at[..15].iter().all(|&t| t == secs(0)));
-    assert!(at[15..20].iter().all(|&t| t == secs(60)), "the minute quota binds");
-    assert!(at[20..].iter().all(|&t| t == secs(86_400)), "then the day quota");
+    assert!(
+        at[15..20].iter().all(|&t| t == secs(60)),
+        "the minute quota binds"
+    );
+    assert!(
+        at[20..].iter().all(|&t| t == secs(86_400)),
+        "then the day quota"
+    );
     let stats = limiter.stats();
     // The day still counts the 5 granted at 60 s, plus the 5 new ones.
-    assert_eq!((stats.quotas[0].in_window, stats.quotas[1].in_window), (5, 10));
+    assert_eq!(
+        (stats.quotas[0].in_window, stats.quotas[1].in_window),
+        (5, 10)
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -43,7 +55,10 @@ async fn requests_and_tokens_are_enforced_in_one_grant() {
     let grant = limiter.acquire_cost(Cost::tokens(600)).await.unwrap();
     assert_eq!(grant.granted_at() - start, secs(60));
     let stats = limiter.stats();
-    assert_eq!((stats.quotas[0].in_window, stats.quotas[1].in_window), (1, 600));
+    assert_eq!(
+        (stats.quotas[0].in_window, stats.quotas[1].in_window),
+        (1, 600)
+    );
     // A request-only cost does not touch the token quota.
     limiter.acquire_many(14).await.unwrap();
     assert_eq!(limiter.stats().quotas[1].in_window, 600);
@@ -62,7 +77,11 @@ async fn a_waiter_holds_nothing_in_one_quota_while_it_waits_on_another() {
         async move { l.acquire_cost(Cost::new(5, 50)).await }
     })
     .await;
-    assert_eq!(limiter.stats().quotas[0].in_window, 1, "no request held while tokens wait");
+    assert_eq!(
+        limiter.stats().quotas[0].in_window,
+        1,
+        "no request held while tokens wait"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -78,7 +97,10 @@ async fn a_cost_above_a_quota_fails_at_once() {
             window: secs(60)
         }
     );
-    assert!(matches!(limiter.try_acquire_many(21), Err(TryAcquireError::CostExceedsQuota { max: 15, .. })));
+    assert!(matches!(
+        limiter.try_acquire_many(21),
+        Err(TryAcquireError::CostExceedsQuota { max: 15, .. })
+    ));
     assert_eq!(limiter.stats().queued, 0);
 }
 
@@ -96,7 +118,12 @@ async fn a_deadline_that_cannot_be_met_fails_at_once_with_the_earliest_instant()
     let start = Instant::now();
     limiter.acquire_many(15).await.unwrap();
     let err = limiter.acquire_before(start + secs(30)).await.unwrap_err();
-    assert_eq!(err, AcquireError::DeadlineExceeded { earliest: Some(start + secs(60)) });
+    assert_eq!(
+        err,
+        AcquireError::DeadlineExceeded {
+            earliest: Some(start + secs(60))
+        }
+    );
     assert_eq!(Instant::now(), start, "refused without waiting");
     // Behind waiters ahead: 5 more fit the day at t = 60 s, then the day is full.
     let _ahead = spawn_queued({
@@ -104,8 +131,16 @@ async fn a_deadline_that_cannot_be_met_fails_at_once_with_the_earliest_instant()
         async move { l.acquire_many(5).await }
     })
     .await;
-    let err = limiter.acquire_before(start + secs(3_600)).await.unwrap_err();
-    assert_eq!(err, AcquireError::DeadlineExceeded { earliest: Some(start + secs(86_400)) });
+    let err = limiter
+        .acquire_before(start + secs(3_600))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        AcquireError::DeadlineExceeded {
+            earliest: Some(start + secs(86_400))
+        }
+    );
     assert_eq!(limiter.stats().queued, 1);
 }
 
@@ -135,8 +170,15 @@ async fn a_deadline_that_passes_while_queued_fails_then_and_frees_the_queue() {
     .await;
     tokio::time::sleep(secs(1)).await;
     limiter.pause_for(secs(60)); // a 429 pushes the grant past the deadline
-    assert_eq!(with_deadline.await.unwrap(), Err(AcquireError::DeadlineExceeded { earliest: None }));
-    assert_eq!(Instant::now(), start + secs(10), "failed at the deadline, not before");
+    assert_eq!(
+        with_deadline.await.unwrap(),
+        Err(AcquireError::DeadlineExceeded { earliest: None })
+    );
+    assert_eq!(
+        Instant::now(),
+        start + secs(10),
+        "failed at the deadline, not before"
+    );
     assert_eq!(behind.await.unwrap() - start, secs(61));
 }
 
@@ -154,17 +196,29 @@ async fn a_past_deadline_fails_even_with_capacity() {
 
 #[test]
 fn bad_configuration_is_a_typed_error() {
-    assert_eq!(RateLimiter::new(0, secs(1)).unwrap_err(), ConfigError::ZeroMax);
-    assert_eq!(RateLimiter::new(1, Duration::ZERO).unwrap_err(), ConfigError::ZeroWindow);
+    assert_eq!(
+        RateLimiter::new(0, secs(1)).unwrap_err(),
+        ConfigError::ZeroMax
+    );
+    assert_eq!(
+        RateLimiter::new(1, Duration::ZERO).unwrap_err(),
+        ConfigError::ZeroWindow
+    );
     assert_eq!(
         Quota::new(u64::MAX, secs(1)).unwrap_err(),
-        ConfigError::MaxTooLarge { max: u64::MAX, limit: Quota::MAX_MAX }
+        ConfigError::MaxTooLarge {
+            max: u64::MAX,
+            limit: Quota::MAX_MAX
+        }
     );
     assert!(matches!(
         Quota::new(1, Duration::MAX).unwrap_err(),
         ConfigError::WindowTooLarge { .. }
     ));
-    assert_eq!(RateLimiter::builder().build().unwrap_err(), ConfigError::NoQuota);
+    assert_eq!(
+        RateLimiter::builder().build().unwrap_err(),
+        ConfigError::NoQuota
+    );
     assert!(Quota::new(Quota::MAX_MAX, Quota::MAX_WINDOW).is_ok());
     assert!(ConfigError::ZeroMax.to_string().contains("at least 1"));
 }

@@ -109,7 +109,11 @@ enum Progress {
 
 enum Step {
     Done(Result<Grant, AcquireError>),
-    Wait(Option<Instant>),
+    /// Wait for a wake, or until the first instant (limiter time), the second
+    /// being the limiter's time now.
+    Wait(Option<(Instant, Instant)>),
+    /// Poll again: the clock changed.
+    Retry,
 }
 
 /// The future returned by [`RateLimiter::acquire`](crate::RateLimiter::acquire)
@@ -188,16 +192,18 @@ impl Future for Acquire<'_> {
         loop {
             let mut wake = WakeList::default();
             let step = {
-                let mut state = this.shared.lock();
-                let now = state.observe(this.shared.clock.now());
-                match *this.progress {
-                    Progress::New => match state.admit(*this.cost, *this.deadline, now, cx.waker()) {
+                let mut core = this.shared.lock();
+                let now = core.now();
+                let state = &mut core.state;
+                let step = match *this.progress {
+                    Progress::New => match state.admit(*this.cost, *this.deadline, now, cx.waker())
+                    {
                         Ok(Admission::Granted(at)) => {
                             Step::Done(Ok(Grant::new(*this.cost, at, Duration::ZERO)))
                         }
                         Ok(Admission::Queued { key, wake_at }) => {
                             *this.progress = Progress::Queued(key);
-                            Step::Wait(wake_at)
+                            Step::Wait(wake_at.map(|at| (at, now)))
                         }
                         Err(err) => Step::Done(Err(err)),
                     },
@@ -209,10 +215,16 @@ impl Future for Acquire<'_> {
                                 at.saturating_duration_since(queued_at),
                             ))),
                             WaiterPoll::Failed(err) => Step::Done(Err(err)),
-                            WaiterPoll::Waiting { wake_at } => Step::Wait(wake_at),
+                            WaiterPoll::Waiting { wake_at } => {
+                                Step::Wait(wake_at.map(|at| (at, now)))
+                            }
                         }
                     }
                     Progress::Done => panic!("`Acquire` polled after completion"),
+                };
+                match step {
+                    Step::Wait(Some(_)) if core.check_clock_switched() => Step::Retry,
+                    step => step,
                 }
             };
             wake.wake_all();
@@ -222,7 +234,11 @@ impl Future for Acquire<'_> {
                     return Poll::Ready(result);
                 }
                 Step::Wait(None) => return Poll::Pending,
-                Step::Wait(Some(at)) => {
+                Step::Retry => {}
+                Step::Wait(Some((wake_at, now))) => {
+                    // The timer runs on tokio's clock, which may drift from
+                    // the limiter's: arm it for the time left.
+                    let at = Instant::now() + wake_at.saturating_duration_since(now);
                     match this.timer.as_mut().as_pin_mut() {
                         Some(timer) if timer.deadline() == at => {}
                         Some(timer) => timer.reset(at),
@@ -248,9 +264,9 @@ impl PinnedDrop for Acquire<'_> {
         if let Progress::Queued(key) = self.progress {
             let mut wake = WakeList::default();
             {
-                let mut state = self.shared.lock();
-                let now = state.observe(self.shared.clock.now());
-                state.cancel(key, now, &mut wake);
+                let mut core = self.shared.lock();
+                let now = core.now();
+                core.state.cancel(key, now, &mut wake);
             }
             wake.wake_all();
         }

@@ -19,18 +19,45 @@ use crate::error::{ConfigError, TryAcquireError};
 use crate::quota::{Cost, Quota};
 use crate::stats::Stats;
 
-
 /// What every handle of one limiter shares.
+#[derive(Debug)]
 pub(crate) struct Shared {
-    state: Mutex<LimiterState>,
+    core: Mutex<Core>,
+}
+
+/// The state and the clock it is read with, under one lock.
+#[derive(Debug)]
+pub(crate) struct Core {
+    pub(crate) state: LimiterState,
     clock: Clock,
 }
 
+impl Core {
+    /// The limiter's time now (never earlier than any time it has seen).
+    #[inline]
+    pub(crate) fn now(&mut self) -> Instant {
+        let now = self.clock.now();
+        self.state.observe(now)
+    }
+
+    /// On a slow path: moves to tokio's clock if it was paused after the
+    /// limiter was built. Returns whether it did.
+    pub(crate) fn check_clock_switched(&mut self) -> bool {
+        match self.clock.follow_paused_tokio() {
+            Some((old, new)) => {
+                self.state.rebase(old, new);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, LimiterState> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Core> {
         // The state is consistent between calls; a panic elsewhere while the
         // lock was held (a waker's, say) does not make it unusable.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.core.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -161,8 +188,10 @@ impl RateLimiterBuilder {
         let state = LimiterState::new(&self.quotas)?;
         Ok(RateLimiter {
             shared: Arc::new(Shared {
-                state: Mutex::new(state),
-                clock: Clock,
+                core: Mutex::new(Core {
+                    state,
+                    clock: Clock::detect(),
+                }),
             }),
         })
     }
@@ -406,9 +435,15 @@ impl RateLimiter {
     /// # Ok(()) }
     /// ```
     pub fn try_acquire_cost(&self, cost: Cost) -> Result<Grant, TryAcquireError> {
-        let mut state = self.shared.lock();
-        let now = state.observe(self.shared.clock.now());
-        let at = state.try_acquire(cost, now)?;
+        let mut core = self.shared.lock();
+        let now = core.now();
+        let at = match core.state.try_acquire(cost, now) {
+            Err(TryAcquireError::RateLimited { .. }) if core.check_clock_switched() => {
+                let now = core.now();
+                core.state.try_acquire(cost, now)?
+            }
+            result => result?,
+        };
         Ok(Grant::new(cost, at, Duration::ZERO))
     }
 
@@ -428,9 +463,9 @@ impl RateLimiter {
     /// # Ok(()) }
     /// ```
     pub fn stats(&self) -> Stats {
-        let mut state = self.shared.lock();
-        let now = state.observe(self.shared.clock.now());
-        state.stats(now)
+        let mut core = self.shared.lock();
+        let now = core.now();
+        core.state.stats(now)
     }
 
     /// The quotas, in the order they were given.
@@ -444,7 +479,7 @@ impl RateLimiter {
     /// # Ok::<(), paceline::ConfigError>(())
     /// ```
     pub fn quotas(&self) -> Vec<Quota> {
-        self.shared.lock().quotas().copied().collect()
+        self.shared.lock().state.quotas().copied().collect()
     }
 
     /// Grants nothing for `duration` from now: the server said 429 and asked
@@ -466,8 +501,10 @@ impl RateLimiter {
     /// # Ok(()) }
     /// ```
     pub fn pause_for(&self, duration: Duration) {
-        let now = self.shared.clock.now();
-        self.pause_until(now.checked_add(duration).unwrap_or(now + Quota::MAX_WINDOW));
+        self.update(|state, now, wake| {
+            let until = now.checked_add(duration).unwrap_or(now + Quota::MAX_WINDOW);
+            state.pause_until(until, now, wake);
+        });
     }
 
     /// Grants nothing before `until`; see [`pause_for`](Self::pause_for).
@@ -604,15 +641,15 @@ impl RateLimiter {
     /// # Ok::<(), paceline::ConfigError>(())
     /// ```
     pub fn is_closed(&self) -> bool {
-        self.shared.lock().is_closed()
+        self.shared.lock().state.is_closed()
     }
 
     fn update<T>(&self, f: impl FnOnce(&mut LimiterState, Instant, &mut WakeList) -> T) -> T {
         let mut wake = WakeList::default();
         let result = {
-            let mut state = self.shared.lock();
-            let now = state.observe(self.shared.clock.now());
-            f(&mut state, now, &mut wake)
+            let mut core = self.shared.lock();
+            let now = core.now();
+            f(&mut core.state, now, &mut wake)
         };
         wake.wake_all();
         result

@@ -126,6 +126,30 @@ impl LimiterState {
         now
     }
 
+    /// Moves every instant the state holds from one clock to another, where
+    /// `from` on the old clock is `to` on the new: each keeps its distance
+    /// from now, so every grant keeps its age.
+    pub(crate) fn rebase(&mut self, from: Instant, to: Instant) {
+        let shift = |t: Instant| {
+            if t <= from {
+                to.checked_sub(from - t).unwrap_or(to)
+            } else {
+                to + (t - from)
+            }
+        };
+        for window in &mut self.windows {
+            window.rebase(shift);
+        }
+        for waiter in self.queue.waiters_mut() {
+            waiter.queued_at = shift(waiter.queued_at);
+            if let WaiterStatus::Granted(at) = waiter.status {
+                waiter.status = WaiterStatus::Granted(shift(at));
+            }
+        }
+        self.paused_until = self.paused_until.map(shift);
+        self.latest = Some(to);
+    }
+
     pub(crate) fn quotas(&self) -> impl Iterator<Item = &Quota> {
         self.windows.iter().map(SlidingWindow::quota)
     }
@@ -205,7 +229,9 @@ impl LimiterState {
         let mut t = self.paused_until.map_or(now, |until| until.max(now));
         let ahead = self.queue.iter().map(|key| self.queue.waiter(key).cost);
         for next in ahead.chain(std::iter::once(cost)) {
-            t = sims.iter_mut().fold(t, |t, sim| t.max(sim.earliest_fit(next, t)));
+            t = sims
+                .iter_mut()
+                .fold(t, |t, sim| t.max(sim.earliest_fit(next, t)));
             for sim in &mut sims {
                 sim.record(next, t);
             }
@@ -214,7 +240,11 @@ impl LimiterState {
     }
 
     /// Grants `cost` now if it fits and nobody waits.
-    pub(crate) fn try_acquire(&mut self, cost: Cost, now: Instant) -> Result<Instant, TryAcquireError> {
+    pub(crate) fn try_acquire(
+        &mut self,
+        cost: Cost,
+        now: Instant,
+    ) -> Result<Instant, TryAcquireError> {
         if self.closed {
             return Err(TryAcquireError::Closed);
         }

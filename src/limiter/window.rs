@@ -148,6 +148,14 @@ impl SlidingWindow {
         self.newest_opened_at = Some(now);
     }
 
+    /// Moves every remembered instant onto another clock.
+    pub(crate) fn rebase(&mut self, shift: impl Fn(Instant) -> Instant) {
+        for entry in &mut self.log {
+            entry.at = shift(entry.at);
+        }
+        self.newest_opened_at = self.newest_opened_at.map(&shift);
+    }
+
     /// Takes back a grant of `amount` made at `granted_at` that was never
     /// used, if it still counts at `now`.
     pub(crate) fn refund(&mut self, amount: u64, granted_at: Instant, now: Instant) {
