@@ -1,4 +1,102 @@
-//! paceline: call rate-limited services from async code.
+//! Call rate-limited services from async code: exactly at their quota, never
+//! over it.
+//!
+//! When an upstream API says "15 requests per minute, 1,500 per day", it
+//! counts over a sliding window and answers 429 the moment you go over.
+//! paceline's [`RateLimiter`] enforces the same rule on your side:
+//!
+//! - **Strict sliding window.** For every quota `(max, window)` and every
+//!   instant `t`, the cost granted in `(t - window, t]` is at most `max`. No
+//!   burst above `max`, ever (token buckets and GCRA allow one; fixed windows
+//!   allow twice `max` across a boundary).
+//! - **FIFO and work-conserving.** Waiters are served in the order they came,
+//!   each at the earliest instant its grant is feasible, so the quota is used
+//!   to the full.
+//! - **Several quotas, two units.** Requests per minute, requests per day and
+//!   tokens per minute, checked and charged in one atomic acquire.
+//! - **Cancel-safe, pausable, reconfigurable, closable**, with a
+//!   [`stats()`](RateLimiter::stats) snapshot cheap enough for every request.
+//! - **Virtual time.** Time is [`tokio::time::Instant`]: under
+//!   `tokio::time::pause()` everything runs exactly and instantly, so tests
+//!   assert exact instants.
+//!
+//! # A tour
+//!
+//! Wait for a grant before each call:
+//!
+//! ```
+//! use std::time::Duration;
+//! use paceline::RateLimiter;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let limiter = RateLimiter::new(15, Duration::from_secs(60))?;
+//! limiter.acquire().await?;
+//! // ... call the API ...
+//! # Ok(()) }
+//! ```
+//!
+//! Several quotas, and a cost in tokens, granted atomically:
+//!
+//! ```
+//! use paceline::{Cost, Quota, RateLimiter, Unit};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let limiter = RateLimiter::builder()
+//!     .quota(Quota::per_minute(15)?)
+//!     .quota(Quota::per_day(1_500)?)
+//!     .quota(Quota::per_minute(1_000_000)?.counting(Unit::Tokens))
+//!     .build()?;
+//! let grant = limiter.acquire_cost(Cost::tokens(812)).await?;
+//! assert_eq!(limiter.stats().quotas[2].in_window, 812);
+//! # let _ = grant;
+//! # Ok(()) }
+//! ```
+//!
+//! Refuse a wait that is too long (a per-day quota can mean hours), or don't
+//! wait at all:
+//!
+//! ```
+//! use std::time::Duration;
+//! use paceline::{AcquireError, Quota, RateLimiter};
+//! use tokio::time::Instant;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let limiter = RateLimiter::builder().quota(Quota::per_day(1)?).build()?;
+//! limiter.try_acquire()?;
+//! let err = limiter.try_acquire().unwrap_err();
+//! assert_eq!(err.retry_after(), Some(Duration::from_secs(86_400)));
+//!
+//! let in_a_minute = Instant::now() + Duration::from_secs(60);
+//! let refused = limiter.acquire_before(in_a_minute).await;
+//! assert!(matches!(refused, Err(AcquireError::DeadlineExceeded { .. })));
+//! # Ok(()) }
+//! ```
+//!
+//! The server answered 429 and asked for 20 s: nobody is granted before then.
+//!
+//! ```
+//! use std::time::Duration;
+//! use paceline::RateLimiter;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let limiter = RateLimiter::new(500, Duration::from_secs(60))?;
+//! limiter.pause_for(Duration::from_secs(20));
+//! assert_eq!(limiter.acquire().await?.waited(), Duration::from_secs(20));
+//! # Ok(()) }
+//! ```
+//!
+//! # Clock
+//!
+//! A limiter reads the processor's time-stamp counter (through `quanta`),
+//! which is several times cheaper than the system clock, unless tokio's clock
+//! is paused when it is built; then it reads tokio's virtual clock. A limiter
+//! built before the clock is paused notices on its next wait or refusal and
+//! follows the virtual clock from then on. Either way its instants are
+//! [`tokio::time::Instant`]s.
 #![forbid(unsafe_code)]
 
 mod error;
