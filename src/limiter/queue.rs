@@ -13,7 +13,7 @@ use std::task::Waker;
 
 use tokio::time::Instant;
 
-use crate::quota::Cost;
+use crate::quota::{Cost, Quota};
 
 const NIL: u32 = u32::MAX;
 
@@ -26,8 +26,8 @@ pub(crate) enum WaiterStatus {
     Granted(Instant),
     /// The limiter closed while it waited.
     Closed,
-    /// A quota shrank below its cost while it waited.
-    Refused,
+    /// This quota shrank below its cost while it waited.
+    Refused(Quota),
 }
 
 #[derive(Debug)]

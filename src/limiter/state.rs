@@ -165,20 +165,18 @@ impl LimiterState {
         self.windows.iter().map(SlidingWindow::entries).sum()
     }
 
+    /// The first quota whose `max` is below its share of `cost`, if any.
+    fn refusing_quota(&self, cost: Cost) -> Option<Quota> {
+        self.quotas()
+            .find(|quota| cost.amount(quota.unit()) > quota.max())
+            .copied()
+    }
+
     fn check_cost(&self, cost: Cost) -> Result<(), AcquireError> {
-        for window in &self.windows {
-            let quota = window.quota();
-            let amount = cost.amount(quota.unit());
-            if amount > quota.max() {
-                return Err(AcquireError::CostExceedsQuota {
-                    unit: quota.unit(),
-                    cost: amount,
-                    max: quota.max(),
-                    window: quota.window(),
-                });
-            }
+        match self.refusing_quota(cost) {
+            Some(quota) => Err(cost_exceeds(cost, &quota)),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn expire(&mut self, now: Instant) {
@@ -248,20 +246,14 @@ impl LimiterState {
         if self.closed {
             return Err(TryAcquireError::Closed);
         }
-        self.check_cost(cost).map_err(|err| match err {
-            AcquireError::CostExceedsQuota {
-                unit,
-                cost,
-                max,
-                window,
-            } => TryAcquireError::CostExceedsQuota {
-                unit,
-                cost,
-                max,
-                window,
-            },
-            _ => TryAcquireError::Closed,
-        })?;
+        if let Some(quota) = self.refusing_quota(cost) {
+            return Err(TryAcquireError::CostExceedsQuota {
+                unit: quota.unit(),
+                cost: cost.amount(quota.unit()),
+                max: quota.max(),
+                window: quota.window(),
+            });
+        }
         self.expire(now);
         if self.queue.is_empty() && self.fits_now(cost) {
             self.record(cost, now);
@@ -341,10 +333,9 @@ impl LimiterState {
                 self.queue.remove(key);
                 WaiterPoll::Failed(AcquireError::Closed)
             }
-            WaiterStatus::Refused => {
+            WaiterStatus::Refused(quota) => {
                 let waiter = self.queue.remove(key);
-                let err = self.check_cost(waiter.cost).err();
-                WaiterPoll::Failed(err.unwrap_or(AcquireError::Closed))
+                WaiterPoll::Failed(cost_exceeds(waiter.cost, &quota))
             }
             WaiterStatus::Waiting if deadline.is_some_and(|d| d <= now) => {
                 self.cancel(key, now, wake);
@@ -499,8 +490,8 @@ impl LimiterState {
         let mut next = self.queue.head();
         while let Some(key) = next {
             next = self.queue.next(key);
-            if self.check_cost(self.queue.waiter(key).cost).is_err() {
-                wake.push(self.queue.unlink(key, WaiterStatus::Refused));
+            if let Some(quota) = self.refusing_quota(self.queue.waiter(key).cost) {
+                wake.push(self.queue.unlink(key, WaiterStatus::Refused(quota)));
             }
         }
         self.serve(now, wake);
@@ -544,6 +535,15 @@ impl LimiterState {
             closed: self.closed,
             quotas,
         }
+    }
+}
+
+fn cost_exceeds(cost: Cost, quota: &Quota) -> AcquireError {
+    AcquireError::CostExceedsQuota {
+        unit: quota.unit(),
+        cost: cost.amount(quota.unit()),
+        max: quota.max(),
+        window: quota.window(),
     }
 }
 
