@@ -10,7 +10,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::Shared;
 use super::queue::WaiterKey;
-use super::state::{Admission, WaiterPoll, WakeList};
+use super::state::{Admission, LimiterState, WaiterPoll, WakeList};
 use crate::error::AcquireError;
 use crate::quota::Cost;
 
@@ -190,14 +190,10 @@ impl Future for Acquire<'_> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
-            let mut wake = WakeList::default();
-            let step = {
-                let mut core = this.shared.lock();
-                let now = core.now();
-                let state = &mut core.state;
-                let step = match *this.progress {
-                    Progress::New => match state.admit(*this.cost, *this.deadline, now, cx.waker())
-                    {
+            let step = match *this.progress {
+                Progress::New => {
+                    let (mut state, now) = this.shared.lock();
+                    let step = match state.admit(*this.cost, *this.deadline, now, cx.waker()) {
                         Ok(Admission::Granted(at)) => {
                             Step::Done(Ok(Grant::new(*this.cost, at, Duration::ZERO)))
                         }
@@ -206,9 +202,20 @@ impl Future for Acquire<'_> {
                             Step::Wait(wake_at.map(|at| (at, now)))
                         }
                         Err(err) => Step::Done(Err(err)),
-                    },
-                    Progress::Queued(key) => {
-                        match state.poll_waiter(key, *this.deadline, now, cx.waker(), &mut wake) {
+                    };
+                    retry_on_a_paused_clock(this.shared, &mut state, step)
+                }
+                Progress::Queued(key) => {
+                    let mut wake = WakeList::default();
+                    let step = {
+                        let (mut state, now) = this.shared.lock();
+                        let step = match state.poll_waiter(
+                            key,
+                            *this.deadline,
+                            now,
+                            cx.waker(),
+                            &mut wake,
+                        ) {
                             WaiterPoll::Granted { at, queued_at } => Step::Done(Ok(Grant::new(
                                 *this.cost,
                                 at,
@@ -218,16 +225,14 @@ impl Future for Acquire<'_> {
                             WaiterPoll::Waiting { wake_at } => {
                                 Step::Wait(wake_at.map(|at| (at, now)))
                             }
-                        }
-                    }
-                    Progress::Done => panic!("`Acquire` polled after completion"),
-                };
-                match step {
-                    Step::Wait(Some(_)) if core.check_clock_switched() => Step::Retry,
-                    step => step,
+                        };
+                        retry_on_a_paused_clock(this.shared, &mut state, step)
+                    };
+                    wake.wake_all();
+                    step
                 }
+                Progress::Done => panic!("`Acquire` polled after completion"),
             };
-            wake.wake_all();
             match step {
                 Step::Done(result) => {
                     *this.progress = Progress::Done;
@@ -258,15 +263,23 @@ impl Future for Acquire<'_> {
     }
 }
 
+/// Before a waiter sleeps: if tokio's clock was paused after the limiter was
+/// built, the limiter moves onto it and the waiter looks again.
+fn retry_on_a_paused_clock(shared: &Shared, state: &mut LimiterState, step: Step) -> Step {
+    match step {
+        Step::Wait(Some(_)) if shared.follow_paused_clock(state).is_some() => Step::Retry,
+        step => step,
+    }
+}
+
 #[pinned_drop]
 impl PinnedDrop for Acquire<'_> {
     fn drop(self: Pin<&mut Self>) {
         if let Progress::Queued(key) = self.progress {
             let mut wake = WakeList::default();
             {
-                let mut core = self.shared.lock();
-                let now = core.now();
-                core.state.cancel(key, now, &mut wake);
+                let (mut state, now) = self.shared.lock();
+                state.cancel(key, now, &mut wake);
             }
             wake.wake_all();
         }

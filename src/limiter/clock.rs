@@ -17,19 +17,25 @@
 //! switch for good; the limiter then shifts what it remembers onto the new
 //! clock, keeping every grant's age.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tokio::time::Instant;
 
-/// The limiter's clock.
-#[derive(Debug, Clone)]
-pub(crate) enum Clock {
-    /// `tokio::time::Instant::now()`: honours a paused clock.
-    Tokio,
-    /// The time-stamp counter, anchored to tokio's clock when it was made.
-    Counter {
-        counter: quanta::Clock,
-        origin: quanta::Instant,
-        origin_tokio: Instant,
-    },
+/// The limiter's clock. It is read before the limiter's lock is taken, to
+/// keep the lock's hold short; it switches to tokio's clock at most once, under
+/// the lock.
+#[derive(Debug)]
+pub(crate) struct Clock {
+    counter: Option<Counter>,
+    follows_tokio: AtomicBool,
+}
+
+/// The time-stamp counter, anchored to tokio's clock when it was read first.
+#[derive(Debug)]
+struct Counter {
+    clock: quanta::Clock,
+    origin: quanta::Instant,
+    origin_tokio: Instant,
 }
 
 /// How many reads of a standing clock prove that it is paused: a running one
@@ -50,38 +56,48 @@ fn tokio_clock_is_paused() -> bool {
 impl Clock {
     /// The clock for a limiter built now.
     pub(crate) fn detect() -> Clock {
-        if tokio_clock_is_paused() {
-            Clock::Tokio
-        } else {
-            let counter = quanta::Clock::new();
-            Clock::Counter {
-                origin: counter.now(),
+        let counter = (!tokio_clock_is_paused()).then(|| {
+            let clock = quanta::Clock::new();
+            Counter {
+                origin: clock.now(),
                 origin_tokio: Instant::now(),
-                counter,
+                clock,
             }
+        });
+        Clock {
+            follows_tokio: AtomicBool::new(counter.is_none()),
+            counter,
         }
     }
 
+    /// The time now, and whether it was read on tokio's clock.
     #[inline]
-    pub(crate) fn now(&self) -> Instant {
-        match self {
-            Clock::Tokio => Instant::now(),
-            Clock::Counter {
-                counter,
-                origin,
-                origin_tokio,
-            } => *origin_tokio + counter.now().duration_since(*origin),
+    pub(crate) fn now(&self) -> (Instant, bool) {
+        match &self.counter {
+            Some(counter) if !self.follows_tokio.load(Ordering::Relaxed) => (
+                counter.origin_tokio + counter.clock.now().duration_since(counter.origin),
+                false,
+            ),
+            _ => (Instant::now(), true),
         }
+    }
+
+    /// Whether the clock reads tokio's clock now.
+    #[inline]
+    pub(crate) fn follows_tokio(&self) -> bool {
+        self.follows_tokio.load(Ordering::Relaxed)
     }
 
     /// Switches to tokio's clock if it has been paused since the limiter was
     /// built. Returns the time on the old clock and on tokio's at the switch.
-    pub(crate) fn follow_paused_tokio(&mut self) -> Option<(Instant, Instant)> {
-        if matches!(self, Clock::Tokio) || !tokio_clock_is_paused() {
+    /// Call it under the limiter's lock, so that the switch and the shift of
+    /// the state onto the new clock are one step.
+    pub(crate) fn follow_paused_tokio(&self) -> Option<(Instant, Instant)> {
+        if self.follows_tokio() || !tokio_clock_is_paused() {
             return None;
         }
-        let old = self.now();
-        *self = Clock::Tokio;
+        let (old, _) = self.now();
+        self.follows_tokio.store(true, Ordering::Relaxed);
         Some((old, Instant::now()))
     }
 }

@@ -7,7 +7,9 @@ mod state;
 mod window;
 
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -22,42 +24,34 @@ use crate::stats::Stats;
 /// What every handle of one limiter shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    core: Mutex<Core>,
-}
-
-/// The state and the clock it is read with, under one lock.
-#[derive(Debug)]
-pub(crate) struct Core {
-    pub(crate) state: LimiterState,
+    state: Mutex<LimiterState>,
     clock: Clock,
 }
 
-impl Core {
-    /// The limiter's time now (never earlier than any time it has seen).
-    #[inline]
-    pub(crate) fn now(&mut self) -> Instant {
-        let now = self.clock.now();
-        self.state.observe(now)
-    }
-
-    /// On a slow path: moves to tokio's clock if it was paused after the
-    /// limiter was built. Returns whether it did.
-    pub(crate) fn check_clock_switched(&mut self) -> bool {
-        match self.clock.follow_paused_tokio() {
-            Some((old, new)) => {
-                self.state.rebase(old, new);
-                true
-            }
-            None => false,
-        }
-    }
-}
-
 impl Shared {
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Core> {
-        // The state is consistent between calls; a panic elsewhere while the
-        // lock was held (a waker's, say) does not make it unusable.
-        self.core.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Takes the lock and reads the limiter's time (never earlier than any
+    /// time it has seen). The clock is read first, to keep the lock short.
+    #[inline]
+    pub(crate) fn lock(&self) -> (MutexGuard<'_, LimiterState>, Instant) {
+        let (read, on_tokio) = self.clock.now();
+        let mut state = self.state.lock();
+        // The clock switched while this thread waited for the lock: read it
+        // again, on the clock the state now speaks.
+        let read = if on_tokio == self.clock.follows_tokio() {
+            read
+        } else {
+            self.clock.now().0
+        };
+        let now = state.observe(read);
+        (state, now)
+    }
+
+    /// On a slow path, under the lock: moves to tokio's clock if it was
+    /// paused after the limiter was built. Returns the new time if it did.
+    pub(crate) fn follow_paused_clock(&self, state: &mut LimiterState) -> Option<Instant> {
+        let (old, new) = self.clock.follow_paused_tokio()?;
+        state.rebase(old, new);
+        Some(state.observe(new))
     }
 }
 
@@ -188,10 +182,8 @@ impl RateLimiterBuilder {
         let state = LimiterState::new(&self.quotas)?;
         Ok(RateLimiter {
             shared: Arc::new(Shared {
-                core: Mutex::new(Core {
-                    state,
-                    clock: Clock::detect(),
-                }),
+                state: Mutex::new(state),
+                clock: Clock::detect(),
             }),
         })
     }
@@ -435,12 +427,13 @@ impl RateLimiter {
     /// # Ok(()) }
     /// ```
     pub fn try_acquire_cost(&self, cost: Cost) -> Result<Grant, TryAcquireError> {
-        let mut core = self.shared.lock();
-        let now = core.now();
-        let at = match core.state.try_acquire(cost, now) {
-            Err(TryAcquireError::RateLimited { .. }) if core.check_clock_switched() => {
-                let now = core.now();
-                core.state.try_acquire(cost, now)?
+        let (mut state, now) = self.shared.lock();
+        let at = match state.try_acquire(cost, now) {
+            Err(TryAcquireError::RateLimited { retry_after }) => {
+                match self.shared.follow_paused_clock(&mut state) {
+                    Some(now) => state.try_acquire(cost, now)?,
+                    None => return Err(TryAcquireError::RateLimited { retry_after }),
+                }
             }
             result => result?,
         };
@@ -463,9 +456,8 @@ impl RateLimiter {
     /// # Ok(()) }
     /// ```
     pub fn stats(&self) -> Stats {
-        let mut core = self.shared.lock();
-        let now = core.now();
-        core.state.stats(now)
+        let (mut state, now) = self.shared.lock();
+        state.stats(now)
     }
 
     /// The quotas, in the order they were given.
@@ -479,7 +471,7 @@ impl RateLimiter {
     /// # Ok::<(), paceline::ConfigError>(())
     /// ```
     pub fn quotas(&self) -> Vec<Quota> {
-        self.shared.lock().state.quotas().copied().collect()
+        self.shared.state.lock().quotas().copied().collect()
     }
 
     /// Grants nothing for `duration` from now: the server said 429 and asked
@@ -641,15 +633,14 @@ impl RateLimiter {
     /// # Ok::<(), paceline::ConfigError>(())
     /// ```
     pub fn is_closed(&self) -> bool {
-        self.shared.lock().state.is_closed()
+        self.shared.state.lock().is_closed()
     }
 
     fn update<T>(&self, f: impl FnOnce(&mut LimiterState, Instant, &mut WakeList) -> T) -> T {
         let mut wake = WakeList::default();
         let result = {
-            let mut core = self.shared.lock();
-            let now = core.now();
-            f(&mut core.state, now, &mut wake)
+            let (mut state, now) = self.shared.lock();
+            f(&mut state, now, &mut wake)
         };
         wake.wake_all();
         result

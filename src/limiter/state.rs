@@ -441,6 +441,9 @@ impl LimiterState {
         wake: &mut WakeList,
     ) -> Result<(), ConfigError> {
         self.check_replacement(index, &quota)?;
+        // What the old quota has forgotten by now stays forgotten, whether or
+        // not anything looked in between.
+        self.expire(now);
         self.windows[index].set_quota(quota);
         self.after_reconfigure(now, wake);
         Ok(())
@@ -462,6 +465,7 @@ impl LimiterState {
         for (index, quota) in quotas.iter().enumerate() {
             self.check_replacement(index, quota)?;
         }
+        self.expire(now);
         for (window, quota) in self.windows.iter_mut().zip(quotas) {
             window.set_quota(*quota);
         }

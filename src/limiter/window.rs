@@ -34,6 +34,9 @@ const STEPS_PER_WINDOW: u32 = 1_000;
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
+    /// The instant of its first grant.
+    opened_at: Instant,
+    /// The instant of its latest grant: the one it counts at.
     at: Instant,
     amount: u64,
 }
@@ -46,8 +49,11 @@ pub(crate) struct SlidingWindow {
     resolution: Duration,
     log: VecDeque<Entry>,
     in_window: u64,
-    /// The instant of the first grant of the newest entry.
-    newest_opened_at: Option<Instant>,
+    /// Until when grants join the newest entry (its first grant plus the
+    /// resolution); kept so that the hot path only compares instants.
+    newest_closes_at: Option<Instant>,
+    /// When the oldest entry leaves the window, for the same reason.
+    oldest_expires_at: Option<Instant>,
 }
 
 fn resolution_for(quota: &Quota) -> Duration {
@@ -65,8 +71,17 @@ impl SlidingWindow {
             resolution: resolution_for(&quota),
             log: VecDeque::new(),
             in_window: 0,
-            newest_opened_at: None,
+            newest_closes_at: None,
+            oldest_expires_at: None,
         }
+    }
+
+    fn refresh_cached_instants(&mut self) {
+        self.oldest_expires_at = self.log.front().map(|e| e.at + self.quota.window());
+        self.newest_closes_at = match self.log.back() {
+            Some(newest) if !self.resolution.is_zero() => Some(newest.opened_at + self.resolution),
+            _ => None,
+        };
     }
 
     pub(crate) fn quota(&self) -> &Quota {
@@ -77,6 +92,7 @@ impl SlidingWindow {
     pub(crate) fn set_quota(&mut self, quota: Quota) {
         self.quota = quota;
         self.resolution = resolution_for(&quota);
+        self.refresh_cached_instants();
     }
 
     /// The amount granted within the window ending at the last `expire` call.
@@ -96,7 +112,14 @@ impl SlidingWindow {
     }
 
     /// Forgets the grants that no longer count at `now`.
+    #[inline]
     pub(crate) fn expire(&mut self, now: Instant) {
+        if self.oldest_expires_at.is_some_and(|at| at <= now) {
+            self.expire_slow(now);
+        }
+    }
+
+    fn expire_slow(&mut self, now: Instant) {
         let window = self.quota.window();
         while let Some(front) = self.log.front() {
             if front.at + window > now {
@@ -105,6 +128,7 @@ impl SlidingWindow {
             self.in_window -= front.amount;
             self.log.pop_front();
         }
+        self.oldest_expires_at = self.log.front().map(|e| e.at + window);
     }
 
     /// Whether `amount` more fits now. Call [`SlidingWindow::expire`] first.
@@ -137,23 +161,33 @@ impl SlidingWindow {
             return;
         }
         self.in_window += amount;
-        if let (Some(newest), Some(opened)) = (self.log.back_mut(), self.newest_opened_at) {
-            if newest.at == now || now.saturating_duration_since(opened) < self.resolution {
+        if let Some(newest) = self.log.back_mut() {
+            if newest.at == now || self.newest_closes_at.is_some_and(|closes| now < closes) {
                 newest.amount += amount;
                 newest.at = now;
                 return;
             }
         }
-        self.log.push_back(Entry { at: now, amount });
-        self.newest_opened_at = Some(now);
+        self.log.push_back(Entry {
+            opened_at: now,
+            at: now,
+            amount,
+        });
+        if !self.resolution.is_zero() {
+            self.newest_closes_at = Some(now + self.resolution);
+        }
+        if self.log.len() == 1 {
+            self.oldest_expires_at = Some(now + self.quota.window());
+        }
     }
 
     /// Moves every remembered instant onto another clock.
     pub(crate) fn rebase(&mut self, shift: impl Fn(Instant) -> Instant) {
         for entry in &mut self.log {
+            entry.opened_at = shift(entry.opened_at);
             entry.at = shift(entry.at);
         }
-        self.newest_opened_at = self.newest_opened_at.map(&shift);
+        self.refresh_cached_instants();
     }
 
     /// Takes back a grant of `amount` made at `granted_at` that was never
@@ -162,10 +196,16 @@ impl SlidingWindow {
         if amount == 0 || granted_at + self.quota.window() <= now {
             return;
         }
-        // The grant went into the first entry not older than it: entries are
-        // ordered, and coalescing only moves an entry's instant later.
+        // The grant went into the first entry not older than it (entries are
+        // ordered, and coalescing only moves an entry's instant later), unless
+        // that entry has left the log already: then the first one left is
+        // someone else's.
         let index = self.log.partition_point(|e| e.at < granted_at);
-        if let Some(entry) = self.log.get_mut(index) {
+        if let Some(entry) = self
+            .log
+            .get_mut(index)
+            .filter(|e| e.opened_at <= granted_at)
+        {
             let taken = amount.min(entry.amount);
             entry.amount -= taken;
             self.in_window -= taken;
