@@ -3,7 +3,7 @@ mod common;
 
 use std::pin::pin;
 
-use common::{ms, secs, since, spawn_queued};
+use common::{ms, queue_grant, secs, since};
 use futures::poll;
 use paceline::{Quota, RateLimiter};
 use tokio::time::Instant;
@@ -15,11 +15,7 @@ async fn dropping_the_head_grants_the_next_waiter_at_once() {
     limiter.acquire().await.unwrap();
     let mut head = Box::pin(limiter.acquire_many(2));
     assert!(poll!(head.as_mut()).is_pending());
-    let next = spawn_queued({
-        let l = limiter.clone();
-        async move { l.acquire().await.unwrap().granted_at() }
-    })
-    .await;
+    let next = queue_grant(&limiter, 1).await;
     assert_eq!(limiter.stats().queued, 2);
     drop(head);
     assert_eq!(
@@ -35,21 +31,9 @@ async fn dropping_a_middle_waiter_leaves_the_others_their_instants() {
     let limiter = RateLimiter::new(1, secs(1)).unwrap();
     let start = Instant::now();
     limiter.acquire().await.unwrap();
-    let first = spawn_queued({
-        let l = limiter.clone();
-        async move { l.acquire().await.unwrap().granted_at() }
-    })
-    .await;
-    let middle = spawn_queued({
-        let l = limiter.clone();
-        async move { l.acquire().await.unwrap().granted_at() }
-    })
-    .await;
-    let last = spawn_queued({
-        let l = limiter.clone();
-        async move { l.acquire().await.unwrap().granted_at() }
-    })
-    .await;
+    let first = queue_grant(&limiter, 1).await;
+    let middle = queue_grant(&limiter, 1).await;
+    let last = queue_grant(&limiter, 1).await;
     middle.abort();
     assert!(middle.await.unwrap_err().is_cancelled());
     assert_eq!(first.await.unwrap() - start, secs(1));
@@ -64,11 +48,7 @@ async fn dropping_a_granted_but_unpolled_waiter_gives_its_grant_back() {
     limiter.acquire().await.unwrap();
     let mut granted = Box::pin(limiter.acquire());
     assert!(poll!(granted.as_mut()).is_pending());
-    let next = spawn_queued({
-        let l = limiter.clone();
-        async move { l.acquire().await.unwrap().granted_at() }
-    })
-    .await;
+    let next = queue_grant(&limiter, 1).await;
     // Room for one more: the head is granted, but its future is not polled.
     limiter.set_quota(0, Quota::per_second(2).unwrap()).unwrap();
     assert_eq!(limiter.stats().in_window, 2);

@@ -3,7 +3,7 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
-use common::{ms, secs, since, spawn_queued};
+use common::{ms, queue_grant, secs, since, spawn_queued};
 use futures::future::join_all;
 use paceline::{RateLimiter, TryAcquireError};
 use tokio::time::Instant;
@@ -49,16 +49,8 @@ async fn a_large_acquire_at_the_head_holds_back_smaller_ones() {
     let limiter = RateLimiter::new(10, secs(1)).unwrap();
     let start = Instant::now();
     limiter.acquire_many(6).await.unwrap();
-    let big = spawn_queued({
-        let l = limiter.clone();
-        async move { l.acquire_many(10).await.unwrap().granted_at() }
-    })
-    .await;
-    let small = spawn_queued({
-        let l = limiter.clone();
-        async move { l.acquire().await.unwrap().granted_at() }
-    })
-    .await;
+    let big = queue_grant(&limiter, 10).await;
+    let small = queue_grant(&limiter, 1).await;
     // Four units are free now, but the small acquire may not barge.
     assert!(matches!(
         limiter.try_acquire(),

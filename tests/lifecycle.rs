@@ -1,7 +1,7 @@
 //! Close, pause and live reconfiguration.
 mod common;
 
-use common::{ms, secs, spawn_queued};
+use common::{ms, queue_grant, secs, spawn_queued};
 use futures::future::join_all;
 use paceline::{AcquireError, Quota, RateLimiter, TryAcquireError};
 use tokio::time::Instant;
@@ -53,11 +53,7 @@ async fn a_pause_while_waiters_queue_delays_them_and_a_shorter_one_does_not_cut_
     let limiter = RateLimiter::new(1, secs(1)).unwrap();
     let start = Instant::now();
     limiter.acquire().await.unwrap();
-    let waiter = spawn_queued({
-        let l = limiter.clone();
-        async move { l.acquire().await.unwrap().granted_at() }
-    })
-    .await;
+    let waiter = queue_grant(&limiter, 1).await;
     tokio::time::sleep(ms(500)).await;
     limiter.pause_for(secs(3)); // a 429 asking for 3 s
     limiter.pause_for(secs(1)); // an earlier retry time does not shorten it
@@ -69,11 +65,7 @@ async fn resume_ends_a_pause_at_once() {
     let limiter = RateLimiter::new(5, secs(1)).unwrap();
     let start = Instant::now();
     limiter.pause_for(secs(30));
-    let waiter = spawn_queued({
-        let l = limiter.clone();
-        async move { l.acquire().await.unwrap().granted_at() }
-    })
-    .await;
+    let waiter = queue_grant(&limiter, 1).await;
     tokio::time::sleep(secs(2)).await;
     limiter.resume();
     assert_eq!(waiter.await.unwrap() - start, secs(2));
@@ -109,11 +101,7 @@ async fn a_downgrade_holds_queued_waiters_to_the_new_quota() {
     limiter.acquire_many(8).await.unwrap();
     tokio::time::sleep(ms(500)).await;
     limiter.acquire_many(2).await.unwrap();
-    let waiter = spawn_queued({
-        let l = limiter.clone();
-        async move { l.acquire_many(4).await.unwrap().granted_at() }
-    })
-    .await;
+    let waiter = queue_grant(&limiter, 4).await;
     tokio::time::sleep(ms(100)).await;
     limiter
         .set_quota(0, Quota::new(5, ms(1_000)).unwrap())
@@ -128,11 +116,7 @@ async fn a_shorter_window_applies_to_queued_waiters() {
     let limiter = RateLimiter::new(15, secs(60)).unwrap();
     let start = Instant::now();
     limiter.acquire_many(15).await.unwrap();
-    let waiter = spawn_queued({
-        let l = limiter.clone();
-        async move { l.acquire().await.unwrap().granted_at() }
-    })
-    .await;
+    let waiter = queue_grant(&limiter, 1).await;
     limiter
         .set_quota(0, Quota::new(15, secs(30)).unwrap())
         .unwrap();

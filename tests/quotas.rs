@@ -3,7 +3,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ms, secs, spawn_queued};
+use common::{ms, queue_grant, secs, spawn_queued};
 use futures::future::join_all;
 use paceline::{AcquireError, ConfigError, Cost, Quota, RateLimiter, TryAcquireError, Unit};
 use tokio::time::Instant;
@@ -163,11 +163,7 @@ async fn a_deadline_that_passes_while_queued_fails_then_and_frees_the_queue() {
         async move { l.acquire_before(start + secs(10)).await }
     })
     .await;
-    let behind = spawn_queued({
-        let l = limiter.clone();
-        async move { l.acquire().await.unwrap().granted_at() }
-    })
-    .await;
+    let behind = queue_grant(&limiter, 1).await;
     tokio::time::sleep(secs(1)).await;
     limiter.pause_for(secs(60)); // a 429 pushes the grant past the deadline
     assert_eq!(

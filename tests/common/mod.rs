@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use paceline::RateLimiter;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -34,4 +35,11 @@ where
 /// The time elapsed since `start`.
 pub(crate) fn since(start: Instant) -> Duration {
     Instant::now() - start
+}
+
+/// Queues an acquire of `n` requests in its own task; the task returns the
+/// grant's instant.
+pub(crate) async fn queue_grant(limiter: &RateLimiter, n: u64) -> JoinHandle<Instant> {
+    let limiter = limiter.clone();
+    spawn_queued(async move { limiter.acquire_many(n).await.unwrap().granted_at() }).await
 }
