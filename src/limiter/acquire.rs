@@ -192,7 +192,12 @@ impl Future for Acquire<'_> {
         loop {
             let step = match *this.progress {
                 Progress::New => {
-                    let (mut state, now) = this.shared.lock();
+                    if let Some(at) = this.shared.try_lane(*this.cost, *this.deadline) {
+                        *this.progress = Progress::Done;
+                        return Poll::Ready(Ok(Grant::new(*this.cost, at, Duration::ZERO)));
+                    }
+                    let mut state = this.shared.lock();
+                    let now = state.now;
                     let step = match state.admit(*this.cost, *this.deadline, now, cx.waker()) {
                         Ok(Admission::Granted(at)) => {
                             Step::Done(Ok(Grant::new(*this.cost, at, Duration::ZERO)))
@@ -208,7 +213,8 @@ impl Future for Acquire<'_> {
                 Progress::Queued(key) => {
                     let mut wake = WakeList::default();
                     let step = {
-                        let (mut state, now) = this.shared.lock();
+                        let mut state = this.shared.lock();
+                        let now = state.now;
                         let step = match state.poll_waiter(
                             key,
                             *this.deadline,
@@ -278,7 +284,8 @@ impl PinnedDrop for Acquire<'_> {
         if let Progress::Queued(key) = self.progress {
             let mut wake = WakeList::default();
             {
-                let (mut state, now) = self.shared.lock();
+                let mut state = self.shared.lock();
+                let now = state.now;
                 state.cancel(key, now, &mut wake);
             }
             wake.wake_all();

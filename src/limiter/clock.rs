@@ -18,6 +18,7 @@
 //! clock, keeping every grant's age.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -34,8 +35,8 @@ pub(crate) struct Clock {
 #[derive(Debug)]
 struct Counter {
     clock: quanta::Clock,
-    origin: quanta::Instant,
-    origin_tokio: Instant,
+    origin_raw: u64,
+    origin: Instant,
 }
 
 /// How many reads of a standing clock prove that it is paused: a running one
@@ -59,8 +60,8 @@ impl Clock {
         let counter = (!tokio_clock_is_paused()).then(|| {
             let clock = quanta::Clock::new();
             Counter {
-                origin: clock.now(),
-                origin_tokio: Instant::now(),
+                origin_raw: clock.raw(),
+                origin: Instant::now(),
                 clock,
             }
         });
@@ -70,15 +71,46 @@ impl Clock {
         }
     }
 
+    /// The counter's reading in nanoseconds since its origin, unless the
+    /// clock follows tokio's.
+    #[inline]
+    pub(crate) fn counter_nanos(&self) -> Option<u64> {
+        match &self.counter {
+            Some(counter) if !self.follows_tokio.load(Ordering::Relaxed) => Some(
+                counter
+                    .clock
+                    .delta_as_nanos(counter.origin_raw, counter.clock.raw()),
+            ),
+            _ => None,
+        }
+    }
+
+    /// The instant of a counter reading.
+    #[inline]
+    pub(crate) fn instant_at(&self, nanos: u64) -> Instant {
+        match &self.counter {
+            Some(counter) => counter.origin + Duration::from_nanos(nanos),
+            None => Instant::now(),
+        }
+    }
+
+    /// The counter reading of an instant (0 before the origin).
+    pub(crate) fn nanos_at(&self, instant: Instant) -> u64 {
+        match &self.counter {
+            Some(counter) => {
+                let nanos = instant.saturating_duration_since(counter.origin).as_nanos();
+                u64::try_from(nanos).unwrap_or(u64::MAX)
+            }
+            None => 0,
+        }
+    }
+
     /// The time now, and whether it was read on tokio's clock.
     #[inline]
     pub(crate) fn now(&self) -> (Instant, bool) {
-        match &self.counter {
-            Some(counter) if !self.follows_tokio.load(Ordering::Relaxed) => (
-                counter.origin_tokio + counter.clock.now().duration_since(counter.origin),
-                false,
-            ),
-            _ => (Instant::now(), true),
+        match self.counter_nanos() {
+            Some(nanos) => (self.instant_at(nanos), false),
+            None => (Instant::now(), true),
         }
     }
 

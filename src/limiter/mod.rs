@@ -2,11 +2,13 @@
 
 mod acquire;
 mod clock;
+mod lane;
 mod queue;
 mod state;
 mod window;
 
 use std::fmt;
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, MutexGuard};
@@ -16,9 +18,10 @@ use tokio::time::Instant;
 
 pub use self::acquire::{Acquire, Grant};
 use self::clock::Clock;
+use self::lane::Lane;
 use self::state::{LimiterState, WakeList};
 use crate::error::{ConfigError, TryAcquireError};
-use crate::quota::{Cost, Quota};
+use crate::quota::{Cost, Quota, Unit};
 use crate::stats::Stats;
 
 /// What every handle of one limiter shares.
@@ -26,13 +29,69 @@ use crate::stats::Stats;
 pub(crate) struct Shared {
     state: Mutex<LimiterState>,
     clock: Clock,
+    lane: Lane,
+    /// Whether any quota counts tokens: then a cost with tokens cannot take
+    /// the lane, whose budget is in requests.
+    counts_tokens: bool,
+}
+
+/// The state under the lock, with the limiter's time at locking. When it is
+/// dropped, the fast lane reopens if it may.
+pub(crate) struct Locked<'a> {
+    state: MutexGuard<'a, LimiterState>,
+    shared: &'a Shared,
+    pub(crate) now: Instant,
+}
+
+impl Deref for Locked<'_> {
+    type Target = LimiterState;
+
+    fn deref(&self) -> &LimiterState {
+        &self.state
+    }
+}
+
+impl DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut LimiterState {
+        &mut self.state
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        if self.shared.clock.follows_tokio() {
+            return;
+        }
+        if let Some((budget, deadline)) = self.state.open_lane(self.now, lane::MAX_BUDGET) {
+            let deadline = self.shared.clock.nanos_at(deadline);
+            self.shared.lane.open(budget, deadline);
+        }
+    }
 }
 
 impl Shared {
-    /// Takes the lock and reads the limiter's time (never earlier than any
-    /// time it has seen). The clock is read first, to keep the lock short.
+    /// Grants `cost` through the fast lane, without the lock, if it is open
+    /// and has room (and the grant would come by `deadline`); returns the
+    /// instant of the grant.
     #[inline]
-    pub(crate) fn lock(&self) -> (MutexGuard<'_, LimiterState>, Instant) {
+    pub(crate) fn try_lane(&self, cost: Cost, deadline: Option<Instant>) -> Option<Instant> {
+        if cost.tokens > 0 && self.counts_tokens {
+            return None;
+        }
+        let now = self.clock.counter_nanos()?;
+        let at = self.clock.instant_at(now);
+        if deadline.is_some_and(|deadline| at > deadline) {
+            return None;
+        }
+        self.lane.try_take(cost.requests, now).then_some(at)
+    }
+
+    /// Takes the lock, seals the fast lane, and reads the limiter's time
+    /// (never earlier than any time it has seen). The clock is read before
+    /// locking, to keep the lock short, and again after a seal, so that what
+    /// the lane granted is dated no earlier than any of its grants.
+    #[inline]
+    pub(crate) fn lock(&self) -> Locked<'_> {
         let (read, on_tokio) = self.clock.now();
         let mut state = self.state.lock();
         // The clock switched while this thread waited for the lock: read it
@@ -42,8 +101,17 @@ impl Shared {
         } else {
             self.clock.now().0
         };
-        let now = state.observe(read);
-        (state, now)
+        let mut now = state.observe(read);
+        if state.lane_is_open() {
+            let sealed = self.lane.seal();
+            now = state.observe(self.clock.now().0);
+            state.close_lane(sealed.grants, sealed.remaining, now);
+        }
+        Locked {
+            state,
+            shared: self,
+            now,
+        }
     }
 
     /// On a slow path, under the lock: moves to tokio's clock if it was
@@ -180,10 +248,13 @@ impl RateLimiterBuilder {
     /// ```
     pub fn build(self) -> Result<RateLimiter, ConfigError> {
         let state = LimiterState::new(&self.quotas)?;
+        let counts_tokens = self.quotas.iter().any(|q| q.unit() == Unit::Tokens);
         Ok(RateLimiter {
             shared: Arc::new(Shared {
                 state: Mutex::new(state),
                 clock: Clock::detect(),
+                lane: Lane::default(),
+                counts_tokens,
             }),
         })
     }
@@ -427,7 +498,11 @@ impl RateLimiter {
     /// # Ok(()) }
     /// ```
     pub fn try_acquire_cost(&self, cost: Cost) -> Result<Grant, TryAcquireError> {
-        let (mut state, now) = self.shared.lock();
+        if let Some(at) = self.shared.try_lane(cost, None) {
+            return Ok(Grant::new(cost, at, Duration::ZERO));
+        }
+        let mut state = self.shared.lock();
+        let now = state.now;
         let at = match state.try_acquire(cost, now) {
             Err(TryAcquireError::RateLimited { retry_after }) => {
                 match self.shared.follow_paused_clock(&mut state) {
@@ -456,7 +531,8 @@ impl RateLimiter {
     /// # Ok(()) }
     /// ```
     pub fn stats(&self) -> Stats {
-        let (mut state, now) = self.shared.lock();
+        let mut state = self.shared.lock();
+        let now = state.now;
         state.stats(now)
     }
 
@@ -639,7 +715,8 @@ impl RateLimiter {
     fn update<T>(&self, f: impl FnOnce(&mut LimiterState, Instant, &mut WakeList) -> T) -> T {
         let mut wake = WakeList::default();
         let result = {
-            let (mut state, now) = self.shared.lock();
+            let mut state = self.shared.lock();
+            let now = state.now;
             f(&mut state, now, &mut wake)
         };
         wake.wake_all();
@@ -649,3 +726,6 @@ impl RateLimiter {
 
 #[cfg(test)]
 mod model_tests;
+
+#[cfg(test)]
+mod lane_tests;

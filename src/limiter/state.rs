@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use super::queue::{WaiterKey, WaiterQueue, WaiterStatus};
 use super::window::SlidingWindow;
 use crate::error::{AcquireError, ConfigError, TryAcquireError};
-use crate::quota::{Cost, Quota};
+use crate::quota::{Cost, Quota, Unit};
 use crate::stats::{QuotaStats, Stats};
 
 /// How many wakers a [`WakeList`] holds before it wakes them in place.
@@ -96,6 +96,10 @@ pub(crate) struct LimiterState {
     wait_time: Duration,
     /// Reused buffers for projections, one per quota.
     scratch: Vec<Vec<(Instant, u64)>>,
+    /// The budget handed to the fast lane when it last opened.
+    lane_issued: u64,
+    /// While the lane is open: until when it grants.
+    lane_deadline: Option<Instant>,
 }
 
 impl LimiterState {
@@ -113,6 +117,8 @@ impl LimiterState {
             waited: 0,
             wait_time: Duration::ZERO,
             scratch: vec![Vec::new(); quotas.len()],
+            lane_issued: 0,
+            lane_deadline: None,
         })
     }
 
@@ -124,6 +130,68 @@ impl LimiterState {
         };
         self.latest = Some(now);
         now
+    }
+
+    /// Whether the fast lane is open (and must be sealed before anything
+    /// else reads or changes the state).
+    #[inline]
+    pub(crate) fn lane_is_open(&self) -> bool {
+        self.lane_deadline.is_some()
+    }
+
+    /// Records what the fast lane granted since it opened, as one grant
+    /// instant per quota dated `min(now, deadline)`: no earlier than any
+    /// clock reading that passed the lane. `remaining` is the budget left.
+    pub(crate) fn close_lane(&mut self, grants: u64, remaining: u64, now: Instant) {
+        let Some(deadline) = self.lane_deadline.take() else {
+            return;
+        };
+        let used = self.lane_issued.saturating_sub(remaining);
+        self.lane_issued = 0;
+        if grants == 0 {
+            return;
+        }
+        let at = now.min(deadline);
+        for window in &mut self.windows {
+            if window.quota().unit() == Unit::Requests {
+                window.record(used, at);
+            }
+        }
+        self.granted += grants;
+    }
+
+    /// Opens the fast lane if it may open now: nobody waits, nothing is
+    /// paused or closed, and every request quota coalesces. Returns the
+    /// budget (requests that fit every request quota now) and the deadline
+    /// (one coalescing step from now).
+    pub(crate) fn open_lane(&mut self, now: Instant, max_budget: u64) -> Option<(u64, Instant)> {
+        if self.closed || !self.queue.is_empty() || self.lane_is_open() {
+            return None;
+        }
+        self.expire(now);
+        if self.paused_until.is_some() {
+            return None;
+        }
+        let mut step: Option<Duration> = None;
+        let mut budget = max_budget;
+        for window in &self.windows {
+            let quota = window.quota();
+            if quota.unit() != Unit::Requests {
+                continue;
+            }
+            if window.resolution().is_zero() {
+                return None;
+            }
+            step = Some(step.map_or(window.resolution(), |s| s.min(window.resolution())));
+            budget = budget.min(quota.max().saturating_sub(window.in_window()));
+        }
+        let deadline = now + step?;
+        if budget == 0 {
+            return None;
+        }
+        self.lane_issued = budget;
+        self.lane_deadline = Some(deadline);
+        Some((budget, deadline))
     }
 
     /// Moves every instant the state holds from one clock to another, where

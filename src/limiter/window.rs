@@ -95,6 +95,12 @@ impl SlidingWindow {
         self.refresh_cached_instants();
     }
 
+    /// Grants within this span share a log entry (zero: only grants at the
+    /// same instant do).
+    pub(crate) fn resolution(&self) -> Duration {
+        self.resolution
+    }
+
     /// The amount granted within the window ending at the last `expire` call.
     pub(crate) fn in_window(&self) -> u64 {
         self.in_window

@@ -1,0 +1,122 @@
+//! The limiter on a running clock, where grants far from the quota take the
+//! lock-free fast lane. No assertion here depends on timing: the window is a
+//! minute long and each test runs in milliseconds.
+
+use std::pin::pin;
+use std::time::Duration;
+
+use futures::poll;
+use paceline::{Cost, Quota, RateLimiter, TryAcquireError, Unit};
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+#[test]
+fn threads_racing_through_the_lane_never_take_more_than_max() {
+    let limiter = RateLimiter::new(10_000, MINUTE).unwrap();
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let limiter = limiter.clone();
+            std::thread::spawn(move || (0..5_000).filter(|_| limiter.try_acquire().is_ok()).count())
+        })
+        .collect();
+    let granted: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    assert_eq!(granted, 10_000);
+    let stats = limiter.stats();
+    assert_eq!(
+        (stats.granted, stats.in_window, stats.available),
+        (10_000, 10_000, 0)
+    );
+    let retry = limiter.try_acquire().unwrap_err().retry_after().unwrap();
+    assert!(
+        retry <= MINUTE && retry > MINUTE - Duration::from_secs(10),
+        "{retry:?}"
+    );
+}
+
+#[test]
+fn tasks_on_a_multi_thread_runtime_are_all_counted() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_time()
+        .build()
+        .unwrap();
+    let limiter = RateLimiter::builder()
+        .quota(Quota::per_minute(20_000).unwrap())
+        .quota(Quota::per_hour(100_000).unwrap())
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let limiter = limiter.clone();
+                tokio::spawn(async move {
+                    for _ in 0..2_000 {
+                        let grant = limiter.acquire().await.unwrap();
+                        assert!(grant.waited().is_zero());
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+    });
+    let stats = limiter.stats();
+    assert_eq!(
+        (stats.granted, stats.in_window, stats.available),
+        (16_000, 16_000, 4_000)
+    );
+    assert_eq!(stats.quotas[1].in_window, 16_000);
+    assert!(matches!(
+        limiter.try_acquire_many(4_001),
+        Err(TryAcquireError::RateLimited { .. })
+    ));
+    limiter.try_acquire_many(4_000).unwrap();
+}
+
+#[test]
+fn a_queued_waiter_closes_the_lane() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let limiter = RateLimiter::new(2_000, MINUTE).unwrap();
+    rt.block_on(async {
+        limiter.acquire_many(1_999).await.unwrap();
+        let mut big = pin!(limiter.acquire_many(2));
+        assert!(poll!(big.as_mut()).is_pending());
+        assert_eq!(limiter.stats().queued, 1);
+        // One unit is free, but the waiter came first.
+        assert!(matches!(
+            limiter.try_acquire(),
+            Err(TryAcquireError::RateLimited { .. })
+        ));
+    });
+    assert_eq!(limiter.stats().queued, 0, "the dropped waiter left");
+    limiter.try_acquire().unwrap();
+    assert_eq!(limiter.stats().in_window, 2_000);
+}
+
+#[test]
+fn pause_close_and_tokens_bypass_the_lane() {
+    let limiter = RateLimiter::builder()
+        .quota(Quota::per_minute(5_000).unwrap())
+        .quota(Quota::per_minute(100_000).unwrap().counting(Unit::Tokens))
+        .build()
+        .unwrap();
+    limiter.try_acquire().unwrap();
+    limiter.try_acquire_cost(Cost::tokens(60_000)).unwrap();
+    assert!(limiter.try_acquire_cost(Cost::tokens(60_000)).is_err());
+    limiter.pause_for(MINUTE);
+    assert!(limiter.try_acquire().is_err());
+    limiter.resume();
+    limiter.try_acquire().unwrap();
+    let stats = limiter.stats();
+    assert_eq!(
+        (stats.granted, stats.in_window, stats.quotas[1].in_window),
+        (3, 3, 60_000)
+    );
+    limiter.close();
+    assert_eq!(limiter.try_acquire(), Err(TryAcquireError::Closed));
+    assert!(limiter.is_closed());
+}
