@@ -10,7 +10,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::Shared;
 use super::queue::WaiterKey;
-use super::state::{Admission, LimiterState, WaiterPoll, WakeList};
+use super::state::{Admission, WaiterPoll, WakeList};
 use crate::error::AcquireError;
 use crate::quota::Cost;
 
@@ -112,8 +112,6 @@ enum Step {
     /// Wait for a wake, or until the first instant (limiter time), the second
     /// being the limiter's time now.
     Wait(Option<(Instant, Instant)>),
-    /// Poll again: the clock changed.
-    Retry,
 }
 
 /// The future returned by [`RateLimiter::acquire`](crate::RateLimiter::acquire)
@@ -208,7 +206,7 @@ impl Future for Acquire<'_> {
                         }
                         Err(err) => Step::Done(Err(err)),
                     };
-                    retry_on_a_paused_clock(this.shared, &mut state, step)
+                    step
                 }
                 Progress::Queued(key) => {
                     let mut wake = WakeList::default();
@@ -232,7 +230,7 @@ impl Future for Acquire<'_> {
                                 Step::Wait(wake_at.map(|at| (at, now)))
                             }
                         };
-                        retry_on_a_paused_clock(this.shared, &mut state, step)
+                        step
                     };
                     wake.wake_all();
                     step
@@ -245,8 +243,10 @@ impl Future for Acquire<'_> {
                     return Poll::Ready(result);
                 }
                 Step::Wait(None) => return Poll::Pending,
-                Step::Retry => {}
                 Step::Wait(Some((wake_at, now))) => {
+                    // About to sleep: a good moment to notice that tokio's
+                    // clock was paused after the limiter was built.
+                    this.shared.notice_pause();
                     // The timer runs on tokio's clock, which may drift from
                     // the limiter's: arm it for the time left.
                     let at = Instant::now() + wake_at.saturating_duration_since(now);
@@ -266,15 +266,6 @@ impl Future for Acquire<'_> {
                 }
             }
         }
-    }
-}
-
-/// Before a waiter sleeps: if tokio's clock was paused after the limiter was
-/// built, the limiter moves onto it and the waiter looks again.
-fn retry_on_a_paused_clock(shared: &Shared, state: &mut LimiterState, step: Step) -> Step {
-    match step {
-        Step::Wait(Some(_)) if shared.follow_paused_clock(state).is_some() => Step::Retry,
-        step => step,
     }
 }
 

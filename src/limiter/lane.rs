@@ -7,10 +7,12 @@
 //! *open* the lane: it sets aside a budget of requests that fits every quota
 //! at the instant `opened_at`, valid until `deadline = opened_at + step`
 //! (`step` being the smallest coalescing step of the quotas). A caller then
-//! takes from the budget with one compare-and-swap, provided its clock
-//! reading is before the deadline. The next time anyone takes the lock, the
-//! lane is *sealed* (swapped to zero) and what it granted is recorded as one
-//! log entry dated `min(now, deadline)`.
+//! takes from the budget with one compare-and-swap, provided the time-stamp
+//! counter says that less than `step` has passed since the opening (measured
+//! against a counter reading taken at the opening, with a 1% margin for the
+//! counter's rate error). The next time anyone takes the lock, the lane is
+//! *sealed* (swapped to zero) and what it granted is recorded as one log
+//! entry dated `min(now, deadline)`.
 //!
 //! Why this is strict: every grant through the lane read the clock before its
 //! swap, its swap came before the seal, and the seal before the reading that
@@ -42,20 +44,40 @@ pub(crate) struct Sealed {
     pub(crate) remaining: u64,
 }
 
+/// Where an opening of the lane starts: a counter reading and the limiter's
+/// time then (in nanoseconds since the limiter's origin), and how long it
+/// lasts, in nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Anchor {
+    pub(crate) counter: u64,
+    pub(crate) nanos: u64,
+    pub(crate) lasts: u64,
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Lane {
     word: AtomicU64,
-    /// Clock reading (nanoseconds since the clock's origin) from which the
-    /// lane grants nothing.
-    deadline: AtomicU64,
+    anchor_counter: AtomicU64,
+    anchor_nanos: AtomicU64,
+    lasts: AtomicU64,
 }
 
 impl Lane {
-    /// Takes `amount` from the budget for a caller whose clock read `now`
-    /// (nanoseconds since the clock's origin).
+    /// Where the current (or last) opening starts.
     #[inline]
-    pub(crate) fn try_take(&self, amount: u64, now: u64) -> bool {
-        if now >= self.deadline.load(Ordering::Acquire) {
+    pub(crate) fn anchor(&self) -> Anchor {
+        Anchor {
+            counter: self.anchor_counter.load(Ordering::Acquire),
+            nanos: self.anchor_nanos.load(Ordering::Acquire),
+            lasts: self.lasts.load(Ordering::Acquire),
+        }
+    }
+
+    /// Takes `amount` from the budget for a caller that measured `elapsed`
+    /// nanoseconds since the anchor it read.
+    #[inline]
+    pub(crate) fn try_take(&self, amount: u64, elapsed: u64, anchor: &Anchor) -> bool {
+        if elapsed >= anchor.lasts {
             return false;
         }
         let mut current = self.word.load(Ordering::Relaxed);
@@ -87,9 +109,11 @@ impl Lane {
         }
     }
 
-    /// Opens the lane with `budget` (at most [`MAX_BUDGET`]) until `deadline`.
-    pub(crate) fn open(&self, budget: u64, deadline: u64) {
-        self.deadline.store(deadline, Ordering::Release);
+    /// Opens the lane with `budget` (at most [`MAX_BUDGET`]) from `anchor`.
+    pub(crate) fn open(&self, budget: u64, anchor: Anchor) {
+        self.anchor_counter.store(anchor.counter, Ordering::Release);
+        self.anchor_nanos.store(anchor.nanos, Ordering::Release);
+        self.lasts.store(anchor.lasts, Ordering::Release);
         self.word
             .store(OPEN | budget.min(MAX_BUDGET), Ordering::Release);
     }
@@ -99,14 +123,21 @@ impl Lane {
 mod tests {
     use super::*;
 
+    const ANCHOR: Anchor = Anchor {
+        counter: 7,
+        nanos: 0,
+        lasts: 100,
+    };
+
     #[test]
-    fn takes_until_the_budget_or_the_deadline_runs_out() {
+    fn takes_until_the_budget_or_the_opening_runs_out() {
         let lane = Lane::default();
-        assert!(!lane.try_take(1, 0), "closed at first");
-        lane.open(5, 100);
-        assert!(lane.try_take(3, 10));
-        assert!(lane.try_take(2, 99));
-        assert!(!lane.try_take(1, 99), "budget spent");
+        assert!(!lane.try_take(1, 0, &lane.anchor()), "closed at first");
+        lane.open(5, ANCHOR);
+        assert_eq!(lane.anchor(), ANCHOR);
+        assert!(lane.try_take(3, 10, &ANCHOR));
+        assert!(lane.try_take(2, 99, &ANCHOR));
+        assert!(!lane.try_take(1, 99, &ANCHOR), "budget spent");
         assert_eq!(
             lane.seal(),
             Sealed {
@@ -114,9 +145,12 @@ mod tests {
                 remaining: 0
             }
         );
-        lane.open(5, 100);
-        assert!(!lane.try_take(1, 100), "deadline passed");
-        assert!(lane.try_take(0, 50), "a zero cost still counts as a grant");
+        lane.open(5, ANCHOR);
+        assert!(!lane.try_take(1, 100, &ANCHOR), "opening over");
+        assert!(
+            lane.try_take(0, 50, &ANCHOR),
+            "a zero cost still counts as a grant"
+        );
         assert_eq!(
             lane.seal(),
             Sealed {
@@ -124,17 +158,23 @@ mod tests {
                 remaining: 5
             }
         );
-        assert!(!lane.try_take(0, 50), "sealed");
+        assert!(!lane.try_take(0, 50, &ANCHOR), "sealed");
     }
 
     #[test]
     fn threads_never_take_more_than_the_budget() {
         let lane = std::sync::Arc::new(Lane::default());
-        lane.open(100_000, u64::MAX);
+        let anchor = Anchor {
+            lasts: u64::MAX,
+            ..ANCHOR
+        };
+        lane.open(100_000, anchor);
         let handles: Vec<_> = (0..4)
             .map(|_| {
                 let lane = lane.clone();
-                std::thread::spawn(move || (0..50_000).filter(|_| lane.try_take(1, 0)).count())
+                std::thread::spawn(move || {
+                    (0..50_000).filter(|_| lane.try_take(1, 0, &anchor)).count()
+                })
             })
             .collect();
         let taken: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();

@@ -7,7 +7,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use tokio::time::Instant;
 
-use super::lane::{Lane, MAX_BUDGET};
+use super::lane::{Anchor, Lane, MAX_BUDGET};
 use super::state::LimiterState;
 use crate::quota::{Cost, Quota};
 
@@ -53,14 +53,27 @@ impl Harness {
         }
         let result = f(&mut self.state, now);
         if let Some((budget, deadline)) = self.state.open_lane(now, MAX_BUDGET) {
-            let deadline = u64::try_from((deadline - self.t0).as_nanos()).unwrap();
-            self.lane.open(budget, deadline);
+            // The counter here is the nanoseconds since t0, exactly.
+            let opened = u64::try_from((now - self.t0).as_nanos()).unwrap();
+            let lasts = u64::try_from((deadline - now).as_nanos()).unwrap();
+            self.lane.open(
+                budget,
+                Anchor {
+                    counter: opened,
+                    nanos: opened,
+                    lasts,
+                },
+            );
         }
         result
     }
 
     fn take(&mut self, amount: u64, nanos: u64) {
-        if self.lane.try_take(amount, nanos) {
+        let anchor = self.lane.anchor();
+        if self
+            .lane
+            .try_take(amount, nanos.saturating_sub(anchor.counter), &anchor)
+        {
             self.grants.push((self.at(nanos), amount));
             return;
         }

@@ -30,6 +30,8 @@ pub(crate) struct Shared {
     state: Mutex<LimiterState>,
     clock: Clock,
     lane: Lane,
+    /// The instant the lane's anchors count their nanoseconds from.
+    origin: Instant,
     /// Whether any quota counts tokens: then a cost with tokens cannot take
     /// the lane, whose budget is in requests.
     counts_tokens: bool,
@@ -59,13 +61,24 @@ impl DerefMut for Locked<'_> {
 
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
-        if self.shared.clock.follows_tokio() {
+        let Some(counter) = self.shared.clock.counter() else {
             return;
-        }
-        if let Some((budget, deadline)) = self.state.open_lane(self.now, lane::MAX_BUDGET) {
-            let deadline = self.shared.clock.nanos_at(deadline);
-            self.shared.lane.open(budget, deadline);
-        }
+        };
+        let Some((budget, deadline)) = self.state.open_lane(self.now, lane::MAX_BUDGET) else {
+            return;
+        };
+        // The counter measures the opening; 1% off its length covers any
+        // error in the counter's rate.
+        let lasts = deadline.saturating_duration_since(self.now).mul_f64(0.99);
+        let since_origin = self.now.saturating_duration_since(self.shared.origin);
+        self.shared.lane.open(
+            budget,
+            lane::Anchor {
+                counter: counter.raw(),
+                nanos: u64::try_from(since_origin.as_nanos()).unwrap_or(u64::MAX),
+                lasts: u64::try_from(lasts.as_nanos()).unwrap_or(u64::MAX),
+            },
+        );
     }
 }
 
@@ -78,12 +91,16 @@ impl Shared {
         if cost.tokens > 0 && self.counts_tokens {
             return None;
         }
-        let now = self.clock.counter_nanos()?;
-        let at = self.clock.instant_at(now);
+        let counter = self.clock.counter()?;
+        let anchor = self.lane.anchor();
+        let elapsed = counter.delta_as_nanos(anchor.counter, counter.raw());
+        let at = self.origin + Duration::from_nanos(anchor.nanos.saturating_add(elapsed));
         if deadline.is_some_and(|deadline| at > deadline) {
             return None;
         }
-        self.lane.try_take(cost.requests, now).then_some(at)
+        self.lane
+            .try_take(cost.requests, elapsed, &anchor)
+            .then_some(at)
     }
 
     /// Takes the lock, seals the fast lane, and reads the limiter's time
@@ -92,19 +109,12 @@ impl Shared {
     /// the lane granted is dated no earlier than any of its grants.
     #[inline]
     pub(crate) fn lock(&self) -> Locked<'_> {
-        let (read, on_tokio) = self.clock.now();
+        let read = self.clock.now();
         let mut state = self.state.lock();
-        // The clock switched while this thread waited for the lock: read it
-        // again, on the clock the state now speaks.
-        let read = if on_tokio == self.clock.follows_tokio() {
-            read
-        } else {
-            self.clock.now().0
-        };
         let mut now = state.observe(read);
         if state.lane_is_open() {
             let sealed = self.lane.seal();
-            now = state.observe(self.clock.now().0);
+            now = state.observe(self.clock.now());
             state.close_lane(sealed.grants, sealed.remaining, now);
         }
         Locked {
@@ -114,12 +124,10 @@ impl Shared {
         }
     }
 
-    /// On a slow path, under the lock: moves to tokio's clock if it was
-    /// paused after the limiter was built. Returns the new time if it did.
-    pub(crate) fn follow_paused_clock(&self, state: &mut LimiterState) -> Option<Instant> {
-        let (old, new) = self.clock.follow_paused_tokio()?;
-        state.rebase(old, new);
-        Some(state.observe(new))
+    /// On a slow path: turns the fast lane off if tokio's clock was paused
+    /// after the limiter was built.
+    pub(crate) fn notice_pause(&self) {
+        self.clock.notice_pause();
     }
 }
 
@@ -249,10 +257,12 @@ impl RateLimiterBuilder {
     pub fn build(self) -> Result<RateLimiter, ConfigError> {
         let state = LimiterState::new(&self.quotas)?;
         let counts_tokens = self.quotas.iter().any(|q| q.unit() == Unit::Tokens);
+        let clock = Clock::detect();
         Ok(RateLimiter {
             shared: Arc::new(Shared {
                 state: Mutex::new(state),
-                clock: Clock::detect(),
+                origin: clock.now(),
+                clock,
                 lane: Lane::default(),
                 counts_tokens,
             }),
@@ -503,15 +513,11 @@ impl RateLimiter {
         }
         let mut state = self.shared.lock();
         let now = state.now;
-        let at = match state.try_acquire(cost, now) {
-            Err(TryAcquireError::RateLimited { retry_after }) => {
-                match self.shared.follow_paused_clock(&mut state) {
-                    Some(now) => state.try_acquire(cost, now)?,
-                    None => return Err(TryAcquireError::RateLimited { retry_after }),
-                }
+        let at = state.try_acquire(cost, now).inspect_err(|err| {
+            if matches!(err, TryAcquireError::RateLimited { .. }) {
+                self.shared.notice_pause();
             }
-            result => result?,
-        };
+        })?;
         Ok(Grant::new(cost, at, Duration::ZERO))
     }
 

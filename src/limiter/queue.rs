@@ -196,14 +196,6 @@ impl WaiterQueue {
         }
     }
 
-    /// Every waiter holding a slot, queued or not.
-    pub(crate) fn waiters_mut(&mut self) -> impl Iterator<Item = &mut Waiter> {
-        self.slots.iter_mut().filter_map(|slot| match slot {
-            Slot::Used(waiter) => Some(waiter),
-            Slot::Free { .. } => None,
-        })
-    }
-
     /// The keys in queue order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = WaiterKey> + '_ {
         std::iter::successors(self.head(), move |&key| self.next(key))

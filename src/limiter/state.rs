@@ -194,30 +194,6 @@ impl LimiterState {
         Some((budget, deadline))
     }
 
-    /// Moves every instant the state holds from one clock to another, where
-    /// `from` on the old clock is `to` on the new: each keeps its distance
-    /// from now, so every grant keeps its age.
-    pub(crate) fn rebase(&mut self, from: Instant, to: Instant) {
-        let shift = |t: Instant| {
-            if t <= from {
-                to.checked_sub(from - t).unwrap_or(to)
-            } else {
-                to + (t - from)
-            }
-        };
-        for window in &mut self.windows {
-            window.rebase(shift);
-        }
-        for waiter in self.queue.waiters_mut() {
-            waiter.queued_at = shift(waiter.queued_at);
-            if let WaiterStatus::Granted(at) = waiter.status {
-                waiter.status = WaiterStatus::Granted(shift(at));
-            }
-        }
-        self.paused_until = self.paused_until.map(shift);
-        self.latest = Some(to);
-    }
-
     pub(crate) fn quotas(&self) -> impl Iterator<Item = &Quota> {
         self.windows.iter().map(SlidingWindow::quota)
     }

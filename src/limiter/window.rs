@@ -187,15 +187,6 @@ impl SlidingWindow {
         }
     }
 
-    /// Moves every remembered instant onto another clock.
-    pub(crate) fn rebase(&mut self, shift: impl Fn(Instant) -> Instant) {
-        for entry in &mut self.log {
-            entry.opened_at = shift(entry.opened_at);
-            entry.at = shift(entry.at);
-        }
-        self.refresh_cached_instants();
-    }
-
     /// Takes back a grant of `amount` made at `granted_at` that was never
     /// used, if it still counts at `now`.
     pub(crate) fn refund(&mut self, amount: u64, granted_at: Instant, now: Instant) {
