@@ -89,29 +89,50 @@
 //! # Ok(()) }
 //! ```
 //!
-//! # Clock
+//! Many calls with at most `k` in flight, every result kept, in input order
+//! ([`bounded_map`]); a queue of jobs, each a batch of items, run with job,
+//! item and global bounds, retries and timeouts, every call through its
+//! class's limiter ([`Executor`] running your [`Workload`]):
 //!
-//! A limiter reads the processor's time-stamp counter (through `quanta`),
-//! which is several times cheaper than the system clock, unless tokio's clock
-//! is paused when it is built; then it reads tokio's virtual clock. A limiter
-//! built before the clock is paused notices on its next wait or refusal and
-//! follows the virtual clock from then on. Either way its instants are
-//! [`tokio::time::Instant`]s.
+//! ```
+//! use paceline::bounded_map;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let lengths = bounded_map(["a", "bb", "ccc"], 2, |s| async move { s.len() }).await;
+//! assert_eq!(lengths, [1, 2, 3]);
+//! # }
+//! ```
+//!
+//! # Clock and fast lane
+//!
+//! A limiter's instants are [`tokio::time::Instant`]s: tokio's virtual clock
+//! when it is paused, the system's monotonic clock otherwise.
 //!
 //! On the running clock, while nobody waits, a limiter whose request quotas
 //! are all above 1,024 per window grants through a lock-free *fast lane*: a
 //! budget that fits every quota, taken with one compare-and-swap for up to
 //! one coalescing step (`window / 1000`), then recorded as one log entry dated
 //! no earlier than any grant in it. Like coalescing, this can only delay when
-//! a grant stops counting, never admit more.
+//! a grant stops counting, never admit more. Within a step the lane measures
+//! time with the processor's time-stamp counter, anchored to tokio's clock at
+//! the step's start, so the counter's rate error never accumulates.
 #![forbid(unsafe_code)]
 
+mod bounded;
 mod error;
+mod executor;
 mod limiter;
 mod quota;
 mod stats;
 
+pub use bounded::{BoundedMap, BoundedMapExt, bounded_map};
 pub use error::{AcquireError, ConfigError, TryAcquireError};
+pub use executor::{
+    BuildError, ClassConfig, ClassStats, Executor, ExecutorBuilder, ExecutorStats, Failure,
+    ItemError, ItemOutcome, Jitter, JobHandle, JobId, JobReport, JobStatus, JobStream, JobSummary,
+    RetryPolicy, ShutdownReport, SubmitError, Workload,
+};
 pub use limiter::{Acquire, Grant, RateLimiter, RateLimiterBuilder};
 pub use quota::{Cost, Quota, Unit};
 pub use stats::{QuotaStats, Stats};

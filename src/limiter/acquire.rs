@@ -196,7 +196,7 @@ impl Future for Acquire<'_> {
                     }
                     let mut state = this.shared.lock();
                     let now = state.now;
-                    let step = match state.admit(*this.cost, *this.deadline, now, cx.waker()) {
+                    match state.admit(*this.cost, *this.deadline, now, cx.waker()) {
                         Ok(Admission::Granted(at)) => {
                             Step::Done(Ok(Grant::new(*this.cost, at, Duration::ZERO)))
                         }
@@ -205,21 +205,14 @@ impl Future for Acquire<'_> {
                             Step::Wait(wake_at.map(|at| (at, now)))
                         }
                         Err(err) => Step::Done(Err(err)),
-                    };
-                    step
+                    }
                 }
                 Progress::Queued(key) => {
                     let mut wake = WakeList::default();
                     let step = {
                         let mut state = this.shared.lock();
                         let now = state.now;
-                        let step = match state.poll_waiter(
-                            key,
-                            *this.deadline,
-                            now,
-                            cx.waker(),
-                            &mut wake,
-                        ) {
+                        match state.poll_waiter(key, *this.deadline, now, cx.waker(), &mut wake) {
                             WaiterPoll::Granted { at, queued_at } => Step::Done(Ok(Grant::new(
                                 *this.cost,
                                 at,
@@ -229,8 +222,7 @@ impl Future for Acquire<'_> {
                             WaiterPoll::Waiting { wake_at } => {
                                 Step::Wait(wake_at.map(|at| (at, now)))
                             }
-                        };
-                        step
+                        }
                     };
                     wake.wake_all();
                     step
