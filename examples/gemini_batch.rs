@@ -18,6 +18,7 @@
 //! | `GEMINI_RATE_LIMIT_PRO` | 15 | pro requests per window (the client's limiter) |
 //! | `GEMINI_RATE_WINDOW` | 5000 | the window, in milliseconds |
 //!
+//! The limiter's window is 1% longer than the server's (see `with_margin`).
 //! Each model's calls in flight over all executions are bounded by
 //! `WORKER_CONCURRENCY × PROMPT_CONCURRENCY_<MODEL>`, the reference's own
 //! "effective concurrency".
@@ -189,6 +190,16 @@ fn seed(name: &'static str, default: u64) -> Result<u64, BadVariable> {
         .map_err(|_| BadVariable::expected(name, value, "a whole number"))
 }
 
+/// The limiter's window for a server's `window`: 1% longer. A call reaches
+/// the server a little after its grant, and not always by the same amount
+/// (tasks granted together run one after another; a real network adds its
+/// own jitter): if one window's first call arrived late and the next window's
+/// came early, the server would count both in one window and answer 429. The
+/// margin absorbs that, for 1% of the rate.
+fn with_margin(window: Duration) -> Duration {
+    window.saturating_add(window / 100)
+}
+
 impl Settings {
     fn from_env() -> Result<Settings, BadVariable> {
         let rate_limit = [
@@ -201,7 +212,7 @@ impl Settings {
             ("GEMINI_RATE_LIMIT_FLASH", rate_limit[0]),
             ("GEMINI_RATE_LIMIT_PRO", rate_limit[1]),
         ] {
-            match Quota::new(max, window) {
+            match Quota::new(max, with_margin(window)) {
                 Err(err @ ConfigError::WindowTooLarge { .. }) => {
                     return Err(BadVariable {
                         name: "GEMINI_RATE_WINDOW",
@@ -330,7 +341,7 @@ async fn run(settings: &Settings) -> Result<(), Box<dyn std::error::Error>> {
         Executor::builder(NanoBanana::new(client.clone())).job_concurrency(settings.workers);
     for model in Model::ALL {
         let i = model.index();
-        let limiter = RateLimiter::new(settings.rate_limit[i], settings.window)?;
+        let limiter = RateLimiter::new(settings.rate_limit[i], with_margin(settings.window))?;
         limiters.push(limiter.clone());
         builder = builder.class(
             model,
