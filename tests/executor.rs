@@ -451,13 +451,18 @@ async fn a_stream_of_jobs_is_pulled_only_when_a_job_slot_is_free() {
         ok(10, 1)
     });
     let mut reports = std::pin::pin!(executor.run_stream(jobs));
-    let first = reports.next().await.unwrap().unwrap();
-    assert_eq!(first.status, JobStatus::Completed);
+    tokio::select! {
+        _ = reports.next() => panic!("no job ends before 10 s"),
+        _ = tokio::time::sleep(secs(5)) => {}
+    }
     assert_eq!(
         pulled.load(Ordering::SeqCst),
         2,
         "two slots, two jobs pulled"
     );
+    let first = reports.next().await.unwrap().unwrap();
+    assert_eq!(first.status, JobStatus::Completed);
+    assert_eq!(pulled.load(Ordering::SeqCst), 4, "both slots freed at 10 s");
     let rest: Vec<_> = reports.collect().await;
     assert_eq!(rest.len(), 5);
     assert_eq!(pulled.load(Ordering::SeqCst), 6);

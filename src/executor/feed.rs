@@ -7,6 +7,7 @@ use std::task::{Context, Poll};
 use futures::Stream;
 use futures::stream::FuturesUnordered;
 use pin_project::pin_project;
+use tokio::sync::futures::OwnedNotified;
 
 use super::{Executor, JobHandle, SubmitError, Workload};
 use crate::executor::report::JobReport;
@@ -14,8 +15,10 @@ use crate::executor::report::JobReport;
 /// The stream returned by [`Executor::run_stream`]: each job's report (or why
 /// it was refused), as jobs finish.
 ///
-/// It pulls the next job from its source only while fewer than the
-/// executor's job concurrency of its own jobs are unfinished.
+/// It pulls the next job from its source only when a job slot is free: when
+/// fewer jobs are running or waiting in the executor than its job
+/// concurrency. Once the executor shuts down it pulls no more (the jobs stay
+/// in the source) and ends when its submitted jobs have.
 ///
 /// # Cancel safety
 ///
@@ -31,8 +34,10 @@ pub struct JobStream<W: Workload, S> {
     #[pin]
     source: S,
     source_done: bool,
-    limit: usize,
     running: FuturesUnordered<JobHandle<W::Output, W::Error>>,
+    /// Armed while waiting for a job slot to free.
+    #[pin]
+    slot_freed: Option<OwnedNotified>,
 }
 
 impl<W: Workload, S> fmt::Debug for JobStream<W, S> {
@@ -45,13 +50,13 @@ impl<W: Workload, S> fmt::Debug for JobStream<W, S> {
 }
 
 impl<W: Workload, S> JobStream<W, S> {
-    pub(crate) fn new(executor: Executor<W>, source: S, limit: usize) -> Self {
+    pub(crate) fn new(executor: Executor<W>, source: S) -> Self {
         JobStream {
             executor,
             source,
             source_done: false,
-            limit,
             running: FuturesUnordered::new(),
+            slot_freed: None,
         }
     }
 }
@@ -65,10 +70,36 @@ where
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let mut this = self.project();
-        while !*this.source_done && this.running.len() < *this.limit {
+        while !*this.source_done {
+            // Armed before looking, so that a slot freed in between wakes us.
+            if this.slot_freed.is_none() {
+                let notified = this.executor.inner.changed.clone().notified_owned();
+                this.slot_freed.set(Some(notified));
+            }
+            if let Some(notified) = this.slot_freed.as_mut().as_pin_mut() {
+                notified.enable();
+            }
+            let (free, open) = this.executor.inner.has_free_job_slot();
+            if !open {
+                *this.source_done = true;
+                break;
+            }
+            if !free {
+                let freed = this
+                    .slot_freed
+                    .as_mut()
+                    .as_pin_mut()
+                    .is_some_and(|notified| notified.poll(cx).is_ready());
+                if freed {
+                    this.slot_freed.set(None);
+                    continue;
+                }
+                break;
+            }
             match this.source.as_mut().poll_next(cx) {
                 Poll::Ready(Some(job)) => match this.executor.submit(job) {
                     Ok(handle) => this.running.push(handle),
+                    Err(SubmitError::ShuttingDown) => *this.source_done = true,
                     Err(err) => return Poll::Ready(Some(Err(err))),
                 },
                 Poll::Ready(None) => *this.source_done = true,

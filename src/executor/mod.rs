@@ -9,9 +9,10 @@
 //! starts items, oldest admitted job first, while the job's own bound and its
 //! class's global bound allow. Items therefore fill every free slot of their
 //! class whatever job they belong to: the tail of one job does not leave
-//! slots idle while another admitted job has items left. Each item runs in
-//! its own task, so that a job's timeout (or a shutdown) can abort it, and a
-//! panic in it stays in it.
+//! slots idle while another admitted job has items left. An item backing off
+//! before a retry gives its slot back and queues again, due at the end of its
+//! backoff. Each item runs in its own task, so that a job's timeout (or a
+//! shutdown) can abort it, and a panic in it stays in it.
 
 mod feed;
 mod report;
@@ -39,7 +40,7 @@ use tracing::{Instrument, debug, info, info_span};
 pub use self::feed::JobStream;
 pub use self::report::{ItemError, ItemOutcome, JobId, JobReport, JobStatus, JobSummary};
 pub use self::retry::{Jitter, RetryPolicy};
-use self::run::{ItemRules, Tally, run_item};
+use self::run::{ItemRules, Progress, RunEnd, run_item};
 pub use self::workload::{Failure, Workload};
 use crate::limiter::RateLimiter;
 use crate::stats::Stats;
@@ -275,7 +276,7 @@ impl<W: Workload> ExecutorBuilder<W> {
         self
     }
 
-    /// How many rate-limited answers in a row an item takes before it fails
+    /// How many rate-limited answers an item takes in all before it fails
     /// (10 by default). They do not spend attempts.
     ///
     /// # Examples
@@ -373,7 +374,7 @@ impl<W: Workload> ExecutorBuilder<W> {
                 settings: self.settings,
                 runtime,
                 state: Mutex::new(State::default()),
-                changed: Notify::new(),
+                changed: Arc::new(Notify::new()),
             }),
         })
     }
@@ -458,8 +459,8 @@ struct Inner<W: Workload> {
     settings: Settings,
     runtime: Handle,
     state: Mutex<State<W>>,
-    /// Signalled whenever a job ends or a job slot frees.
-    changed: Notify,
+    /// Signalled whenever a job ends (and so a job slot frees).
+    changed: Arc<Notify>,
 }
 
 type Report<W> = JobReport<<W as Workload>::Output, <W as Workload>::Error>;
@@ -500,10 +501,11 @@ struct JobRun<W: Workload> {
     job: Arc<W::Job>,
     class: W::Class,
     item_limit: usize,
-    /// Items not started yet, taken in order.
-    items: VecDeque<(usize, W::Item)>,
-    /// Items in flight: their task and when they started.
-    running: HashMap<usize, (AbortHandle, Instant)>,
+    /// Items not running: not started yet, in order, or backing off before a
+    /// retry (at the front, `due` set).
+    items: VecDeque<Queued<W::Item>>,
+    /// Items in flight.
+    running: HashMap<usize, Running>,
     outcomes: Vec<Option<Outcome<W>>>,
     remaining: usize,
     reply: Option<oneshot::Sender<Report<W>>>,
@@ -511,6 +513,23 @@ struct JobRun<W: Workload> {
     started_at: Option<Instant>,
     deadline: Option<Instant>,
     timeout: Option<AbortHandle>,
+}
+
+/// An item waiting for a slot.
+struct Queued<I> {
+    index: usize,
+    item: I,
+    progress: Arc<Progress>,
+    /// When a retry may start (`None`: now).
+    due: Option<Instant>,
+    first_started: Option<Instant>,
+}
+
+/// An item in flight.
+struct Running {
+    task: AbortHandle,
+    first_started: Instant,
+    progress: Arc<Progress>,
 }
 
 impl<W: Workload> Executor<W> {
@@ -550,10 +569,11 @@ impl<W: Workload> Executor<W> {
         self.inner.submit(job)
     }
 
-    /// Runs the jobs of a stream, pulling the next one only while fewer than
-    /// the job concurrency of this stream's jobs are unfinished: a durable
-    /// queue (a Redis list, BullMQ, apalis) behind the stream is read no
-    /// faster than jobs can run. Yields each job's report as it finishes.
+    /// Runs the jobs of a stream, pulling the next one only when a job slot
+    /// is free: a durable queue (a Redis list, BullMQ, apalis) behind the
+    /// stream is read no faster than jobs can run, and a job not yet pulled
+    /// stays in it. Yields each job's report as it finishes (or why a job was
+    /// refused: a class without configuration).
     ///
     /// # Examples
     ///
@@ -584,7 +604,7 @@ impl<W: Workload> Executor<W> {
     where
         S: futures::Stream<Item = W::Job>,
     {
-        JobStream::new(self.clone(), jobs, self.inner.settings.job_concurrency)
+        JobStream::new(self.clone(), jobs)
     }
 
     /// A snapshot: jobs waiting, active, completed and failed, items in
@@ -670,7 +690,7 @@ impl<W: Workload> Executor<W> {
     /// # }
     /// ```
     pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
-        let deadline = Instant::now() + grace;
+        let deadline = Instant::now().checked_add(grace);
         self.inner.state.lock().shutting_down = true;
         loop {
             let notified = self.inner.changed.notified();
@@ -679,9 +699,14 @@ impl<W: Workload> Executor<W> {
             if self.inner.state.lock().jobs.is_empty() {
                 return ShutdownReport { cancelled_jobs: 0 };
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                let cancelled_jobs = self.inner.cancel_all();
-                return ShutdownReport { cancelled_jobs };
+            match deadline {
+                Some(deadline) => {
+                    if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                        let cancelled_jobs = self.inner.cancel_all();
+                        return ShutdownReport { cancelled_jobs };
+                    }
+                }
+                None => notified.await,
             }
         }
     }
@@ -831,8 +856,19 @@ impl<W: Workload> Inner<W> {
             .item_concurrency(&job)
             .unwrap_or(config.item_concurrency)
             .max(1);
-        let items: VecDeque<(usize, W::Item)> =
-            self.workload.items(&job).into_iter().enumerate().collect();
+        let items: VecDeque<Queued<W::Item>> = self
+            .workload
+            .items(&job)
+            .into_iter()
+            .enumerate()
+            .map(|(index, item)| Queued {
+                index,
+                item,
+                progress: Arc::default(),
+                due: None,
+                first_started: None,
+            })
+            .collect();
         let count = items.len();
         let (reply, receiver) = oneshot::channel();
         let submitted_at = Instant::now();
@@ -884,8 +920,7 @@ impl<W: Workload> Inner<W> {
             };
             run.started_at = Some(now);
             debug!(job = id.0, items = run.outcomes.len(), waited = ?now - run.submitted_at, "job started");
-            if let Some(timeout) = self.settings.job_timeout {
-                let deadline = now + timeout;
+            if let Some(deadline) = self.settings.job_timeout.and_then(|t| now.checked_add(t)) {
                 run.deadline = Some(deadline);
                 let inner = Arc::clone(self);
                 let task = self.runtime.spawn(async move {
@@ -901,26 +936,33 @@ impl<W: Workload> Inner<W> {
         for id in ended {
             self.finish(state, id, None);
         }
+        let now = Instant::now();
         for position in 0..state.active.len() {
             let id = state.active[position];
             while let Some(run) = state.jobs.get(&id) {
                 let class_load = state.in_flight.get(&run.class).copied().unwrap_or(0);
                 let class_bound = self.classes.get(&run.class).and_then(|c| c.max_in_flight);
-                if run.items.is_empty()
-                    || run.running.len() >= run.item_limit
+                if run.running.len() >= run.item_limit
                     || class_bound.is_some_and(|bound| class_load >= bound)
                 {
                     break;
                 }
-                if !self.start_item(state, id) {
+                let Some(next) = run
+                    .items
+                    .iter()
+                    .position(|q| q.due.is_none_or(|d| d <= now))
+                else {
+                    break;
+                };
+                if !self.start_item(state, id, next) {
                     break;
                 }
             }
         }
     }
 
-    /// Starts the job's next item; returns whether it did.
-    fn start_item(self: &Arc<Self>, state: &mut State<W>, id: JobId) -> bool {
+    /// Starts the job's item queued at `position`; returns whether it did.
+    fn start_item(self: &Arc<Self>, state: &mut State<W>, id: JobId, position: usize) -> bool {
         let Some(run) = state.jobs.get_mut(&id) else {
             return false;
         };
@@ -928,9 +970,16 @@ impl<W: Workload> Inner<W> {
         let Some(class) = self.classes.get(&run.class) else {
             return false;
         };
-        let Some((index, item)) = run.items.pop_front() else {
+        let Some(queued) = run.items.remove(position) else {
             return false;
         };
+        let Queued {
+            index,
+            item,
+            progress,
+            first_started,
+            ..
+        } = queued;
         let job = Arc::clone(&run.job);
         let limiter = class.limiter.clone();
         let rules = ItemRules {
@@ -941,25 +990,33 @@ impl<W: Workload> Inner<W> {
         };
         let workload = Arc::clone(&self.workload);
         let inner = Arc::clone(self);
-        let started_at = Instant::now();
-        let span = info_span!("item", job = id.0, index);
+        let first_started = first_started.unwrap_or_else(Instant::now);
+        let shared_progress = Arc::clone(&progress);
+        // A root span: items started from another item's completion are not
+        // that item's children.
+        let span = info_span!(parent: None, "item", job = id.0, index);
         let task = self.runtime.spawn(
             async move {
-                let run = run_item(&*workload, &job, &item, &limiter, rules);
-                let tally = match AssertUnwindSafe(run).catch_unwind().await {
-                    Ok(tally) => tally,
-                    Err(panic) => Tally {
-                        result: Err(ItemError::Panicked(panic_message(&*panic))),
-                        attempts: 1,
-                        rate_limited: 0,
-                        limiter_wait: Duration::ZERO,
-                    },
-                };
-                inner.item_finished(id, index, started_at, tally);
+                let run = run_item(&*workload, &job, &item, &limiter, rules, &shared_progress);
+                match AssertUnwindSafe(run).catch_unwind().await {
+                    Ok(RunEnd::Done(result)) => inner.item_finished(id, index, result),
+                    Ok(RunEnd::RetryAfter(backoff)) => inner.item_backoff(id, index, item, backoff),
+                    Err(panic) => {
+                        let message = panic_message(&*panic);
+                        inner.item_finished(id, index, Err(ItemError::Panicked(message)));
+                    }
+                }
             }
             .instrument(span),
         );
-        run.running.insert(index, (task.abort_handle(), started_at));
+        run.running.insert(
+            index,
+            Running {
+                task: task.abort_handle(),
+                first_started,
+                progress,
+            },
+        );
         *state.in_flight.entry(run.class.clone()).or_insert(0) += 1;
         true
     }
@@ -968,32 +1025,59 @@ impl<W: Workload> Inner<W> {
         self: &Arc<Self>,
         id: JobId,
         index: usize,
-        started_at: Instant,
-        tally: Tally<W::Output, W::Error>,
+        result: Result<W::Output, ItemError<W::Error>>,
     ) {
         let mut state = self.state.lock();
         let Some(run) = state.jobs.get_mut(&id) else {
             return;
         };
-        if run.running.remove(&index).is_none() {
+        let Some(running) = run.running.remove(&index) else {
             return;
-        }
+        };
         let class = run.class.clone();
-        run.outcomes[index] = Some(ItemOutcome {
+        run.outcomes[index] = Some(outcome(
             index,
-            result: tally.result,
-            attempts: tally.attempts,
-            rate_limited: tally.rate_limited,
-            limiter_wait: tally.limiter_wait,
-            started_at: Some(started_at),
-            finished_at: Instant::now(),
-        });
+            result,
+            &running.progress,
+            Some(running.first_started),
+            Instant::now(),
+        ));
         run.remaining -= 1;
         let done = run.remaining == 0;
         release(&mut state, &class, 1);
         if done {
             self.finish(&mut state, id, None);
         }
+        self.dispatch(&mut state);
+    }
+
+    /// An item backs off before a retry: it gives its slot back and queues
+    /// again, due after `backoff`.
+    fn item_backoff(self: &Arc<Self>, id: JobId, index: usize, item: W::Item, backoff: Duration) {
+        let mut state = self.state.lock();
+        let Some(run) = state.jobs.get_mut(&id) else {
+            return;
+        };
+        let Some(running) = run.running.remove(&index) else {
+            return;
+        };
+        let now = Instant::now();
+        let due = now.checked_add(backoff).unwrap_or(now);
+        run.items.push_front(Queued {
+            index,
+            item,
+            progress: running.progress,
+            due: Some(due),
+            first_started: Some(running.first_started),
+        });
+        let class = run.class.clone();
+        release(&mut state, &class, 1);
+        let inner = Arc::clone(self);
+        self.runtime.spawn(async move {
+            tokio::time::sleep_until(due).await;
+            let mut state = inner.state.lock();
+            inner.dispatch(&mut state);
+        });
         self.dispatch(&mut state);
     }
 
@@ -1019,12 +1103,21 @@ impl<W: Workload> Inner<W> {
         let now = Instant::now();
         let class = run.class.clone();
         let stopped = run.running.len();
-        for (index, (task, started_at)) in run.running.drain() {
-            task.abort();
-            run.outcomes[index] = Some(cut_short(index, Some(started_at), error(), now));
+        for (index, running) in run.running.drain() {
+            running.task.abort();
+            let started = Some(running.first_started);
+            run.outcomes[index] = Some(outcome(
+                index,
+                Err(error()),
+                &running.progress,
+                started,
+                now,
+            ));
         }
-        for (index, _) in run.items.drain(..) {
-            run.outcomes[index] = Some(cut_short(index, None, error(), now));
+        for queued in run.items.drain(..) {
+            let (index, started) = (queued.index, queued.first_started);
+            run.outcomes[index] =
+                Some(outcome(index, Err(error()), &queued.progress, started, now));
         }
         run.remaining = 0;
         release(state, &class, stopped);
@@ -1045,6 +1138,14 @@ impl<W: Workload> Inner<W> {
             );
         }
         ids.len()
+    }
+
+    /// Whether a job submitted now would be admitted at once, and whether the
+    /// executor still takes jobs.
+    fn has_free_job_slot(&self) -> (bool, bool) {
+        let state = self.state.lock();
+        let free = state.active.len() + state.waiting.len() < self.settings.job_concurrency;
+        (free, !state.shutting_down)
     }
 
     /// Sends a finished job's report and keeps its summary.
@@ -1106,18 +1207,19 @@ fn release<W: Workload>(state: &mut State<W>, class: &W::Class, items: usize) {
     }
 }
 
-fn cut_short<O, E>(
+fn outcome<O, E>(
     index: usize,
+    result: Result<O, ItemError<E>>,
+    progress: &Progress,
     started_at: Option<Instant>,
-    error: ItemError<E>,
     now: Instant,
 ) -> ItemOutcome<O, E> {
     ItemOutcome {
         index,
-        result: Err(error),
-        attempts: 0,
-        rate_limited: 0,
-        limiter_wait: Duration::ZERO,
+        result,
+        attempts: progress.attempts(),
+        rate_limited: progress.rate_limited(),
+        limiter_wait: progress.limiter_wait(),
         started_at,
         finished_at: now,
     }

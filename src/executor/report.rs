@@ -48,11 +48,11 @@ pub enum ItemError<E> {
         retry_after: Duration,
     },
     /// The server answered "rate limited" more times than the policy allows.
-    #[error("rate limited {times} times in a row: {error}")]
+    #[error("rate limited {times} times: {error}")]
     RateLimited {
         /// The last error.
         error: E,
-        /// How many rate-limited answers in a row.
+        /// How many rate-limited answers in all.
         times: u32,
     },
     /// The last attempt ran past the item timeout.

@@ -1,9 +1,10 @@
-//! One item, start to end: the limiter, the call, the retries.
+//! One item's attempts: the limiter, the call, and what to do after a failure.
 
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, debug_span, warn};
 
 use super::report::ItemError;
 use super::retry::RetryPolicy;
@@ -19,62 +20,83 @@ pub(crate) struct ItemRules {
     pub(crate) job_deadline: Option<Instant>,
 }
 
-/// How an item's run ended.
-#[derive(Debug)]
-pub(crate) struct Tally<O, E> {
-    pub(crate) result: Result<O, ItemError<E>>,
-    pub(crate) attempts: u32,
-    pub(crate) rate_limited: u32,
-    pub(crate) limiter_wait: Duration,
+/// An item's progress over all its runs, readable by the executor at any
+/// time (a job timeout stops a run midway, and the report still counts its
+/// attempts).
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    attempts: AtomicU32,
+    rate_limited: AtomicU32,
+    limiter_wait_nanos: AtomicU64,
 }
 
-/// Runs one item: acquire its class's limiter right before each call, then
-/// call, then retry as the workload classifies the error.
+impl Progress {
+    pub(crate) fn attempts(&self) -> u32 {
+        self.attempts.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn rate_limited(&self) -> u32 {
+        self.rate_limited.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn limiter_wait(&self) -> Duration {
+        Duration::from_nanos(self.limiter_wait_nanos.load(Ordering::Relaxed))
+    }
+
+    fn waited(&self, wait: Duration) {
+        let nanos = u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX);
+        self.limiter_wait_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
+/// How one run of an item ended.
+#[derive(Debug)]
+pub(crate) enum RunEnd<O, E> {
+    /// For good: its output or its error.
+    Done(Result<O, ItemError<E>>),
+    /// A transient failure: retry after this backoff, without holding a slot
+    /// meanwhile.
+    RetryAfter(Duration),
+}
+
+/// Runs an item until it succeeds, fails for good, or must back off: acquire
+/// its class's limiter right before each call, call, and handle the error as
+/// the workload classifies it. A 429 pauses the whole class's limiter and
+/// retries here, without spending an attempt.
 pub(crate) async fn run_item<W: Workload>(
     workload: &W,
     job: &W::Job,
     item: &W::Item,
     limiter: &RateLimiter,
     rules: ItemRules,
-) -> Tally<W::Output, W::Error> {
+    progress: &Progress,
+) -> RunEnd<W::Output, W::Error> {
     let cost = workload.cost(job, item);
-    let mut tally = Tally {
-        result: Err(ItemError::Cancelled),
-        attempts: 0,
-        rate_limited: 0,
-        limiter_wait: Duration::ZERO,
-    };
     loop {
         let grant = match rules.job_deadline {
             Some(deadline) => limiter.acquire_cost_before(cost, deadline).await,
             None => limiter.acquire_cost(cost).await,
         };
+        let attempt = progress.attempts() + 1;
         match grant {
             Ok(grant) => {
-                tally.limiter_wait += grant.waited();
-                debug!(attempt = tally.attempts + 1, waited = ?grant.waited(), "granted");
+                progress.waited(grant.waited());
+                debug!(attempt, waited = ?grant.waited(), "granted");
             }
-            Err(err) => {
-                tally.result = Err(ItemError::Limiter(err));
-                return tally;
-            }
+            Err(err) => return RunEnd::Done(Err(ItemError::Limiter(err))),
         }
-        tally.attempts += 1;
-        let call = workload.process(job, item, tally.attempts);
+        progress.attempts.store(attempt, Ordering::Relaxed);
+        let call = workload
+            .process(job, item, attempt)
+            .instrument(debug_span!("attempt", attempt));
         let error = match rules.item_timeout {
             Some(limit) => match tokio::time::timeout(limit, call).await {
-                Ok(Ok(output)) => {
-                    tally.result = Ok(output);
-                    return tally;
-                }
+                Ok(Ok(output)) => return RunEnd::Done(Ok(output)),
                 Ok(Err(error)) => Some(error),
                 Err(_) => None,
             },
             None => match call.await {
-                Ok(output) => {
-                    tally.result = Ok(output);
-                    return tally;
-                }
+                Ok(output) => return RunEnd::Done(Ok(output)),
                 Err(error) => Some(error),
             },
         };
@@ -82,51 +104,39 @@ pub(crate) async fn run_item<W: Workload>(
             Some(error) => workload.classify(error),
             None => Failure::Retry,
         };
+        let timed_out = || ItemError::AttemptTimedOut(rules.item_timeout.unwrap_or_default());
         match (failure, error) {
             (Failure::Fatal, error) => {
-                tally.result = Err(error.map_or(
-                    ItemError::AttemptTimedOut(rules.item_timeout.unwrap_or_default()),
-                    ItemError::Failed,
-                ));
-                return tally;
+                return RunEnd::Done(Err(error.map_or_else(timed_out, ItemError::Failed)));
             }
             (Failure::RateLimited { retry_after }, Some(error)) => {
                 // The server's verdict is about the class, not this item: it
                 // does not spend an attempt, and everyone in the class waits.
-                tally.attempts -= 1;
-                tally.rate_limited += 1;
-                let delay = retry_after.unwrap_or_else(|| rules.retry.backoff(tally.rate_limited));
-                warn!(retry_after = ?delay, times = tally.rate_limited, "rate limited");
-                if rules
+                progress.attempts.store(attempt - 1, Ordering::Relaxed);
+                let times = progress.rate_limited.fetch_add(1, Ordering::Relaxed) + 1;
+                let delay = retry_after.unwrap_or_else(|| rules.retry.backoff(times));
+                warn!(attempt, retry_after = ?delay, times, "rate limited");
+                limiter.pause_for(delay);
+                let left = rules
                     .job_deadline
-                    .is_some_and(|deadline| Instant::now() + delay > deadline)
-                {
-                    tally.result = Err(ItemError::RetryAfterDeadline {
+                    .map(|deadline| deadline.saturating_duration_since(Instant::now()));
+                if left.is_some_and(|left| delay > left) {
+                    return RunEnd::Done(Err(ItemError::RetryAfterDeadline {
                         error,
                         retry_after: delay,
-                    });
-                    return tally;
+                    }));
                 }
-                if tally.rate_limited > rules.max_rate_limited {
-                    tally.result = Err(ItemError::RateLimited {
-                        error,
-                        times: tally.rate_limited,
-                    });
-                    return tally;
+                if times > rules.max_rate_limited {
+                    return RunEnd::Done(Err(ItemError::RateLimited { error, times }));
                 }
-                limiter.pause_for(delay);
             }
             (_, error) => {
-                if tally.attempts >= rules.retry.max_attempts() {
-                    tally.result = Err(error.map_or(
-                        ItemError::AttemptTimedOut(rules.item_timeout.unwrap_or_default()),
-                        ItemError::Failed,
-                    ));
-                    return tally;
+                if attempt >= rules.retry.max_attempts() {
+                    return RunEnd::Done(Err(error.map_or_else(timed_out, ItemError::Failed)));
                 }
-                let delay = rules.retry.backoff(tally.attempts);
-                debug!(attempt = tally.attempts, backoff = ?delay, "retrying");
-                tokio::time::sleep(delay).await;
+                let backoff = rules.retry.backoff(attempt);
+                debug!(attempt, ?backoff, "retrying");
+                return RunEnd::RetryAfter(backoff);
             }
         }
     }
