@@ -110,13 +110,14 @@
 //! when it is paused, the system's monotonic clock otherwise.
 //!
 //! On the running clock, while nobody waits, a limiter whose request quotas
-//! are all above 1,024 per window grants through a lock-free *fast lane*: a
-//! budget that fits every quota, taken with one compare-and-swap for up to
-//! one coalescing step (`window / 1000`), then recorded as one log entry dated
-//! no earlier than any grant in it. Like coalescing, this can only delay when
-//! a grant stops counting, never admit more. Within a step the lane measures
-//! time with the processor's time-stamp counter, anchored to tokio's clock at
-//! the step's start, so the counter's rate error never accumulates.
+//! are all above 1,024 per window (and a second or longer) grants through a
+//! lock-free *fast lane*: a budget that fits every quota, taken with one
+//! compare-and-swap for up to a millisecond, then recorded as one log entry
+//! dated no earlier than any grant in it. Like coalescing, this can only delay
+//! when a grant stops counting, never admit more. Within an opening the lane
+//! measures time with the processor's time-stamp counter, anchored to tokio's
+//! clock when it opened, so the counter's rate error never accumulates; the
+//! instants it gives grants are within microseconds of tokio's clock.
 #![forbid(unsafe_code)]
 
 mod bounded;

@@ -100,6 +100,9 @@ impl Grant {
     }
 }
 
+/// How far ahead a timer is armed at most.
+const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 86_400);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Progress {
     New,
@@ -239,9 +242,10 @@ impl Future for Acquire<'_> {
                     // About to sleep: a good moment to notice that tokio's
                     // clock was paused after the limiter was built.
                     this.shared.notice_pause();
-                    // The timer runs on tokio's clock, which may drift from
-                    // the limiter's: arm it for the time left.
-                    let at = Instant::now() + wake_at.saturating_duration_since(now);
+                    // A deadline or a pause ending in centuries needs no exact
+                    // timer (and tokio's would overflow); waking then is
+                    // enough to look again.
+                    let at = wake_at.min(now.checked_add(FAR_FUTURE).unwrap_or(now));
                     match this.timer.as_mut().as_pin_mut() {
                         Some(timer) if timer.deadline() == at => {}
                         Some(timer) => timer.reset(at),

@@ -5,12 +5,13 @@
 //!
 //! Under the lock, when nobody waits and nothing is paused, the limiter may
 //! *open* the lane: it sets aside a budget of requests that fits every quota
-//! at the instant `opened_at`, valid until `deadline = opened_at + step`
-//! (`step` being the smallest coalescing step of the quotas). A caller then
-//! takes from the budget with one compare-and-swap, provided the time-stamp
-//! counter says that less than `step` has passed since the opening (measured
-//! against a counter reading taken at the opening, with a 1% margin for the
-//! counter's rate error). The next time anyone takes the lock, the lane is
+//! at the instant `opened_at`; its entry will be dated no later than
+//! `deadline = opened_at + step` (`step` being the smallest coalescing step
+//! of the quotas, at least a millisecond). A caller then takes from the budget
+//! with one compare-and-swap, provided the time-stamp counter says the opening
+//! has not run out: it lasts at most a millisecond and nine tenths of the
+//! step, measured from a counter reading taken at the opening, which leaves
+//! room for the counter's rate error and its skew between cores. The next time anyone takes the lock, the lane is
 //! *sealed* (swapped to zero) and what it granted is recorded as one log
 //! entry dated `min(now, deadline)`.
 //!
@@ -23,16 +24,26 @@
 //! ending later hold fewer of the older grants. The price is the same as
 //! coalescing's: a grant may count up to one step longer than it should.
 //!
-//! One word holds whether the lane is open (the top bit), the number of
-//! grants taken (the next 23 bits) and the budget left (the low 40 bits), so
-//! that taking is a single atomic operation.
+//! One word holds whether the lane is open (the top bit), the opening's
+//! generation (12 bits), the number of grants taken (19 bits) and the budget
+//! left (the low 32 bits), so that taking is a single compare-and-swap. A
+//! caller loads the word, then the opening's anchor, reads the counter, and
+//! swaps: the swap succeeds only if the word is unchanged, that is, if the
+//! lane was neither sealed nor reopened meanwhile (the generation tells one
+//! opening from the next even when their budgets are equal), so the anchor
+//! it measured against is the one of the opening it takes from.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-const REMAINING_BITS: u32 = 40;
+const REMAINING_BITS: u32 = 32;
 const REMAINING_MASK: u64 = (1 << REMAINING_BITS) - 1;
+const GRANT_BITS: u32 = 19;
+const GRANTS_SHIFT: u32 = REMAINING_BITS;
+const GRANTS_MASK: u64 = ((1 << GRANT_BITS) - 1) << GRANTS_SHIFT;
+const GENERATION_SHIFT: u32 = REMAINING_BITS + GRANT_BITS;
+const GENERATION_MASK: u64 = ((1 << 12) - 1) << GENERATION_SHIFT;
 const OPEN: u64 = 1 << 63;
-const MAX_GRANTS: u64 = (1 << (63 - REMAINING_BITS)) - 1;
+const MAX_GRANTS: u64 = (1 << GRANT_BITS) - 1;
 
 /// The largest budget one opening of the lane holds.
 pub(crate) const MAX_BUDGET: u64 = REMAINING_MASK;
@@ -54,18 +65,25 @@ pub(crate) struct Anchor {
     pub(crate) lasts: u64,
 }
 
+/// A grant taken from the lane: the anchor it was measured against and the
+/// nanoseconds measured since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Taken {
+    pub(crate) anchor: Anchor,
+    pub(crate) elapsed: u64,
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Lane {
     word: AtomicU64,
     anchor_counter: AtomicU64,
     anchor_nanos: AtomicU64,
     lasts: AtomicU64,
+    generation: AtomicU64,
 }
 
 impl Lane {
-    /// Where the current (or last) opening starts.
-    #[inline]
-    pub(crate) fn anchor(&self) -> Anchor {
+    fn anchor(&self) -> Anchor {
         Anchor {
             counter: self.anchor_counter.load(Ordering::Acquire),
             nanos: self.anchor_nanos.load(Ordering::Acquire),
@@ -73,28 +91,53 @@ impl Lane {
         }
     }
 
-    /// Takes `amount` from the budget for a caller that measured `elapsed`
-    /// nanoseconds since the anchor it read.
+    /// Takes `amount` from the budget if the lane is open, has room, and
+    /// `counter` (a reading of the time-stamp counter) says the opening has
+    /// not run out; `elapsed` turns two readings into nanoseconds.
     #[inline]
-    pub(crate) fn try_take(&self, amount: u64, elapsed: u64, anchor: &Anchor) -> bool {
-        if elapsed >= anchor.lasts {
-            return false;
-        }
-        let mut current = self.word.load(Ordering::Relaxed);
+    pub(crate) fn try_take(
+        &self,
+        amount: u64,
+        counter: impl Fn() -> u64,
+        elapsed: impl Fn(u64, u64) -> u64,
+    ) -> Option<Taken> {
+        let mut current = self.word.load(Ordering::Acquire);
+        let mut measured: Option<(u64, Taken)> = None;
         loop {
-            let remaining = current & REMAINING_MASK;
-            let grants = (current & !OPEN) >> REMAINING_BITS;
-            if current & OPEN == 0 || remaining < amount || grants == MAX_GRANTS {
-                return false;
+            if current & OPEN == 0 {
+                return None;
             }
-            let next = OPEN | ((grants + 1) << REMAINING_BITS) | (remaining - amount);
+            let generation = current & GENERATION_MASK;
+            // Measure once per opening: the anchor is read after the word, so
+            // a swap that succeeds proves it belongs to the same opening.
+            let taken = match measured {
+                Some((seen, taken)) if seen == generation => taken,
+                _ => {
+                    let anchor = self.anchor();
+                    let taken = Taken {
+                        anchor,
+                        elapsed: elapsed(anchor.counter, counter()),
+                    };
+                    measured = Some((generation, taken));
+                    taken
+                }
+            };
+            if taken.elapsed >= taken.anchor.lasts {
+                return None;
+            }
+            let remaining = current & REMAINING_MASK;
+            let grants = (current & GRANTS_MASK) >> GRANTS_SHIFT;
+            if remaining < amount || grants == MAX_GRANTS {
+                return None;
+            }
+            let next = OPEN | generation | ((grants + 1) << GRANTS_SHIFT) | (remaining - amount);
             match self.word.compare_exchange_weak(
                 current,
                 next,
                 Ordering::AcqRel,
-                Ordering::Relaxed,
+                Ordering::Acquire,
             ) {
-                Ok(_) => return true,
+                Ok(_) => return Some(taken),
                 Err(actual) => current = actual,
             }
         }
@@ -104,18 +147,22 @@ impl Lane {
     pub(crate) fn seal(&self) -> Sealed {
         let word = self.word.swap(0, Ordering::AcqRel);
         Sealed {
-            grants: (word & !OPEN) >> REMAINING_BITS,
+            grants: (word & GRANTS_MASK) >> GRANTS_SHIFT,
             remaining: word & REMAINING_MASK,
         }
     }
 
     /// Opens the lane with `budget` (at most [`MAX_BUDGET`]) from `anchor`.
+    /// Call it only when the lane is sealed.
     pub(crate) fn open(&self, budget: u64, anchor: Anchor) {
+        let generation = (self.generation.fetch_add(1, Ordering::Relaxed) + 1) << GENERATION_SHIFT;
         self.anchor_counter.store(anchor.counter, Ordering::Release);
         self.anchor_nanos.store(anchor.nanos, Ordering::Release);
         self.lasts.store(anchor.lasts, Ordering::Release);
-        self.word
-            .store(OPEN | budget.min(MAX_BUDGET), Ordering::Release);
+        self.word.store(
+            OPEN | (generation & GENERATION_MASK) | budget.min(MAX_BUDGET),
+            Ordering::Release,
+        );
     }
 }
 
@@ -124,20 +171,31 @@ mod tests {
     use super::*;
 
     const ANCHOR: Anchor = Anchor {
-        counter: 7,
+        counter: 1_000,
         nanos: 0,
         lasts: 100,
     };
 
+    fn take(lane: &Lane, amount: u64, at: u64) -> bool {
+        lane.try_take(amount, || at, |from, to| to.saturating_sub(from))
+            .is_some()
+    }
+
     #[test]
     fn takes_until_the_budget_or_the_opening_runs_out() {
         let lane = Lane::default();
-        assert!(!lane.try_take(1, 0, &lane.anchor()), "closed at first");
+        assert!(!take(&lane, 1, 1_000), "closed at first");
         lane.open(5, ANCHOR);
-        assert_eq!(lane.anchor(), ANCHOR);
-        assert!(lane.try_take(3, 10, &ANCHOR));
-        assert!(lane.try_take(2, 99, &ANCHOR));
-        assert!(!lane.try_take(1, 99, &ANCHOR), "budget spent");
+        assert!(take(&lane, 3, 1_010));
+        let taken = lane.try_take(2, || 1_099, |from, to| to - from).unwrap();
+        assert_eq!(
+            taken,
+            Taken {
+                anchor: ANCHOR,
+                elapsed: 99
+            }
+        );
+        assert!(!take(&lane, 1, 1_099), "budget spent");
         assert_eq!(
             lane.seal(),
             Sealed {
@@ -146,11 +204,8 @@ mod tests {
             }
         );
         lane.open(5, ANCHOR);
-        assert!(!lane.try_take(1, 100, &ANCHOR), "opening over");
-        assert!(
-            lane.try_take(0, 50, &ANCHOR),
-            "a zero cost still counts as a grant"
-        );
+        assert!(!take(&lane, 1, 1_100), "opening over");
+        assert!(take(&lane, 0, 1_050), "a zero cost still counts as a grant");
         assert_eq!(
             lane.seal(),
             Sealed {
@@ -158,23 +213,23 @@ mod tests {
                 remaining: 5
             }
         );
-        assert!(!lane.try_take(0, 50, &ANCHOR), "sealed");
+        assert!(!take(&lane, 0, 1_050), "sealed");
     }
 
     #[test]
     fn threads_never_take_more_than_the_budget() {
         let lane = std::sync::Arc::new(Lane::default());
-        let anchor = Anchor {
-            lasts: u64::MAX,
-            ..ANCHOR
-        };
-        lane.open(100_000, anchor);
+        lane.open(
+            100_000,
+            Anchor {
+                lasts: u64::MAX,
+                ..ANCHOR
+            },
+        );
         let handles: Vec<_> = (0..4)
             .map(|_| {
                 let lane = lane.clone();
-                std::thread::spawn(move || {
-                    (0..50_000).filter(|_| lane.try_take(1, 0, &anchor)).count()
-                })
+                std::thread::spawn(move || (0..50_000).filter(|_| take(&lane, 1, 1_000)).count())
             })
             .collect();
         let taken: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();

@@ -24,6 +24,9 @@ use crate::error::{ConfigError, TryAcquireError};
 use crate::quota::{Cost, Quota, Unit};
 use crate::stats::Stats;
 
+/// The longest a fast-lane opening lasts.
+const MAX_OPENING: Duration = Duration::from_millis(1);
+
 /// What every handle of one limiter shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -64,17 +67,30 @@ impl Drop for Locked<'_> {
         let Some(counter) = self.shared.clock.counter() else {
             return;
         };
-        let Some((budget, deadline)) = self.state.open_lane(self.now, lane::MAX_BUDGET) else {
+        if !self.state.lane_may_open() {
+            return;
+        }
+        // The lane opens now, not when the lock was taken: the time is read
+        // again, before the counter (the opening's instant) and after it (so
+        // that the opening ends no later than one step after both).
+        let now = self.state.observe(self.shared.clock.now());
+        let raw = counter.raw();
+        let after = self.shared.clock.now();
+        let Some((budget, deadline)) = self.state.open_lane(now, lane::MAX_BUDGET) else {
             return;
         };
-        // The counter measures the opening; 1% off its length covers any
-        // error in the counter's rate.
-        let lasts = deadline.saturating_duration_since(self.now).mul_f64(0.99);
-        let since_origin = self.now.saturating_duration_since(self.shared.origin);
+        // An opening lasts a millisecond at most and ends a tenth early: the
+        // counter's rate error and its skew between cores (microseconds on
+        // virtual machines) stay well inside the step the entry is dated by.
+        let lasts = deadline
+            .saturating_duration_since(after)
+            .min(MAX_OPENING)
+            .mul_f64(0.9);
+        let since_origin = now.saturating_duration_since(self.shared.origin);
         self.shared.lane.open(
             budget,
             lane::Anchor {
-                counter: counter.raw(),
+                counter: raw,
                 nanos: u64::try_from(since_origin.as_nanos()).unwrap_or(u64::MAX),
                 lasts: u64::try_from(lasts.as_nanos()).unwrap_or(u64::MAX),
             },
@@ -84,23 +100,26 @@ impl Drop for Locked<'_> {
 
 impl Shared {
     /// Grants `cost` through the fast lane, without the lock, if it is open
-    /// and has room (and the grant would come by `deadline`); returns the
-    /// instant of the grant.
+    /// and has room (and no deadline is set); returns the instant of the
+    /// grant.
     #[inline]
     pub(crate) fn try_lane(&self, cost: Cost, deadline: Option<Instant>) -> Option<Instant> {
         if cost.tokens > 0 && self.counts_tokens {
             return None;
         }
-        let counter = self.clock.counter()?;
-        let anchor = self.lane.anchor();
-        let elapsed = counter.delta_as_nanos(anchor.counter, counter.raw());
-        let at = self.origin + Duration::from_nanos(anchor.nanos.saturating_add(elapsed));
-        if deadline.is_some_and(|deadline| at > deadline) {
+        // A grant past a deadline could not be given back: those take the
+        // lock, which dates the grant before deciding.
+        if deadline.is_some() {
             return None;
         }
-        self.lane
-            .try_take(cost.requests, elapsed, &anchor)
-            .then_some(at)
+        let counter = self.clock.counter()?;
+        let taken = self.lane.try_take(
+            cost.requests,
+            || counter.raw(),
+            |from, to| counter.delta_as_nanos(from, to),
+        )?;
+        let nanos = taken.anchor.nanos.saturating_add(taken.elapsed);
+        Some(self.origin + Duration::from_nanos(nanos))
     }
 
     /// Takes the lock, seals the fast lane, and reads the limiter's time

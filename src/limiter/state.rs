@@ -60,6 +60,9 @@ impl Drop for WakeList {
     }
 }
 
+/// The shortest coalescing step the fast lane runs with.
+const MIN_LANE_STEP: Duration = Duration::from_millis(1);
+
 /// The outcome of a new acquire.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Admission {
@@ -139,6 +142,11 @@ impl LimiterState {
         self.lane_deadline.is_some()
     }
 
+    /// Whether the lane could open at all (cheap: no clock needed).
+    pub(crate) fn lane_may_open(&self) -> bool {
+        !self.closed && self.queue.is_empty() && !self.lane_is_open()
+    }
+
     /// Records what the fast lane granted since it opened, as one grant
     /// instant per quota dated `min(now, deadline)`: no earlier than any
     /// clock reading that passed the lane. `remaining` is the budget left.
@@ -165,11 +173,16 @@ impl LimiterState {
     /// budget (requests that fit every request quota now) and the deadline
     /// (one coalescing step from now).
     pub(crate) fn open_lane(&mut self, now: Instant, max_budget: u64) -> Option<(u64, Instant)> {
-        if self.closed || !self.queue.is_empty() || self.lane_is_open() {
+        if !self.lane_may_open() {
             return None;
         }
         self.expire(now);
         if self.paused_until.is_some() {
+            return None;
+        }
+        // A quota cut below what its window holds refuses everything, even a
+        // cost it does not count; the lane would not.
+        if self.windows.iter().any(|w| w.in_window() > w.quota().max()) {
             return None;
         }
         let mut step: Option<Duration> = None;
@@ -185,7 +198,10 @@ impl LimiterState {
             step = Some(step.map_or(window.resolution(), |s| s.min(window.resolution())));
             budget = budget.min(quota.max().saturating_sub(window.in_window()));
         }
-        let deadline = now + step?;
+        // Below a millisecond a step would leave too little room for the
+        // counter's skew between cores.
+        let step = step.filter(|step| *step >= MIN_LANE_STEP)?;
+        let deadline = now + step;
         if budget == 0 {
             return None;
         }
@@ -602,6 +618,9 @@ struct SimWindow<'a> {
     log: &'a mut Vec<(Instant, u64)>,
     start: usize,
     in_window: u64,
+    /// Coalescing as the real window does it, so the projection is exact.
+    resolution: Duration,
+    newest_closes_at: Option<Instant>,
 }
 
 impl<'a> SimWindow<'a> {
@@ -613,6 +632,8 @@ impl<'a> SimWindow<'a> {
             log,
             start: 0,
             in_window: window.in_window(),
+            resolution: window.resolution(),
+            newest_closes_at: window.newest_closes_at(),
         }
     }
 
@@ -641,9 +662,19 @@ impl<'a> SimWindow<'a> {
 
     fn record(&mut self, cost: Cost, t: Instant) {
         let amount = cost.amount(self.quota.unit());
-        if amount > 0 {
-            self.log.push((t, amount));
-            self.in_window += amount;
+        if amount == 0 {
+            return;
         }
+        self.in_window += amount;
+        let start = self.start;
+        if let Some(newest) = self.log.get_mut(start..).and_then(|live| live.last_mut()) {
+            if newest.0 == t || self.newest_closes_at.is_some_and(|closes| t < closes) {
+                newest.0 = t;
+                newest.1 += amount;
+                return;
+            }
+        }
+        self.log.push((t, amount));
+        self.newest_closes_at = (!self.resolution.is_zero()).then(|| t + self.resolution);
     }
 }

@@ -101,6 +101,11 @@ impl SlidingWindow {
         self.resolution
     }
 
+    /// Until when a grant joins the newest entry, if it can.
+    pub(crate) fn newest_closes_at(&self) -> Option<Instant> {
+        self.newest_closes_at
+    }
+
     /// The amount granted within the window ending at the last `expire` call.
     pub(crate) fn in_window(&self) -> u64 {
         self.in_window
