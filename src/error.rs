@@ -116,6 +116,11 @@ pub enum AcquireError {
         /// The earliest feasible grant, when known.
         earliest: Option<Instant>,
     },
+    /// The store that holds a shared limiter's log (Redis) did not answer in
+    /// time or answered with an error, and the limiter is set to fail closed:
+    /// nothing was granted.
+    #[error("the shared limiter is unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Why a `try_acquire` failed.
@@ -159,6 +164,11 @@ pub enum TryAcquireError {
         /// The quota's window.
         window: Duration,
     },
+    /// The store that holds a shared limiter's log (Redis) did not answer in
+    /// time or answered with an error, and the limiter is set to fail closed:
+    /// nothing was granted.
+    #[error("the shared limiter is unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl TryAcquireError {

@@ -123,8 +123,11 @@
 mod bounded;
 mod error;
 mod executor;
+mod limit;
 mod limiter;
 mod quota;
+#[cfg(feature = "redis")]
+pub mod redis;
 mod stats;
 
 pub use bounded::{BoundedMap, BoundedMapExt, bounded_map};
@@ -134,6 +137,7 @@ pub use executor::{
     ItemError, ItemOutcome, Jitter, JobHandle, JobId, JobReport, JobStatus, JobStream, JobSummary,
     RetryPolicy, ShutdownReport, SubmitError, Workload,
 };
+pub use limit::Limiter;
 pub use limiter::{Acquire, Grant, RateLimiter, RateLimiterBuilder};
 pub use quota::{Cost, Quota, Unit};
 pub use stats::{QuotaStats, Stats};

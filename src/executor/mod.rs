@@ -42,7 +42,7 @@ pub use self::report::{ItemError, ItemOutcome, JobId, JobReport, JobStatus, JobS
 pub use self::retry::{Jitter, RetryPolicy};
 use self::run::{ItemRules, Progress, RunEnd, run_item};
 pub use self::workload::{Failure, Workload};
-use crate::limiter::RateLimiter;
+use crate::limit::{DynLimiter, Limiter};
 use crate::stats::Stats;
 
 /// The settings of one class (a model, an endpoint): its limiter and its
@@ -60,14 +60,15 @@ use crate::stats::Stats;
 /// ```
 #[derive(Debug, Clone)]
 pub struct ClassConfig {
-    limiter: RateLimiter,
+    limiter: Arc<dyn DynLimiter>,
     item_concurrency: usize,
     max_in_flight: Option<usize>,
 }
 
 impl ClassConfig {
-    /// A class limited by `limiter`, 5 items in flight per job, no global
-    /// bound on items in flight.
+    /// A class limited by `limiter` (any [`Limiter`]: the in-process
+    /// [`RateLimiter`](crate::RateLimiter), or a limiter shared through
+    /// Redis), 5 items in flight per job, no global bound on items in flight.
     ///
     /// # Examples
     ///
@@ -76,9 +77,9 @@ impl ClassConfig {
     /// let pro = ClassConfig::new(RateLimiter::new(5, std::time::Duration::from_secs(60))?);
     /// # Ok::<(), paceline::ConfigError>(())
     /// ```
-    pub fn new(limiter: RateLimiter) -> Self {
+    pub fn new(limiter: impl Limiter) -> Self {
         ClassConfig {
-            limiter,
+            limiter: Arc::new(limiter),
             item_concurrency: 5,
             max_in_flight: None,
         }
@@ -119,18 +120,18 @@ impl ClassConfig {
         }
     }
 
-    /// The class's limiter.
+    /// The class's limiter's figures, as [`Limiter::snapshot`] gives them.
     ///
     /// # Examples
     ///
     /// ```
     /// # use paceline::{ClassConfig, RateLimiter};
     /// let c = ClassConfig::new(RateLimiter::new(5, std::time::Duration::from_secs(60))?);
-    /// assert_eq!(c.limiter().stats().max, 5);
+    /// assert_eq!(c.limiter_stats().max, 5);
     /// # Ok::<(), paceline::ConfigError>(())
     /// ```
-    pub fn limiter(&self) -> &RateLimiter {
-        &self.limiter
+    pub fn limiter_stats(&self) -> Stats {
+        self.limiter.stats_now()
     }
 }
 
@@ -629,7 +630,7 @@ impl<W: Workload> Executor<W> {
                 class: format!("{class:?}"),
                 items_in_flight: state.in_flight.get(class).copied().unwrap_or(0),
                 max_in_flight: config.max_in_flight,
-                limiter: config.limiter.stats(),
+                limiter: config.limiter.stats_now(),
             })
             .collect();
         classes.sort_by(|a, b| a.class.cmp(&b.class));
@@ -981,7 +982,7 @@ impl<W: Workload> Inner<W> {
             ..
         } = queued;
         let job = Arc::clone(&run.job);
-        let limiter = class.limiter.clone();
+        let limiter = Arc::clone(&class.limiter);
         let rules = ItemRules {
             retry: self.settings.retry,
             max_rate_limited: self.settings.max_rate_limited,
@@ -997,7 +998,7 @@ impl<W: Workload> Inner<W> {
         let span = info_span!(parent: None, "item", job = id.0, index);
         let task = self.runtime.spawn(
             async move {
-                let run = run_item(&*workload, &job, &item, &limiter, rules, &shared_progress);
+                let run = run_item(&*workload, &job, &item, &*limiter, rules, &shared_progress);
                 match AssertUnwindSafe(run).catch_unwind().await {
                     Ok(RunEnd::Done(result)) => inner.item_finished(id, index, result),
                     Ok(RunEnd::RetryAfter(backoff)) => inner.item_backoff(id, index, item, backoff),

@@ -9,7 +9,7 @@ use tracing::{Instrument, debug, debug_span, warn};
 use super::report::ItemError;
 use super::retry::RetryPolicy;
 use super::workload::{Failure, Workload};
-use crate::limiter::RateLimiter;
+use crate::limit::DynLimiter;
 
 /// What the executor hands each item's run.
 #[derive(Debug, Clone, Copy)]
@@ -67,16 +67,13 @@ pub(crate) async fn run_item<W: Workload>(
     workload: &W,
     job: &W::Job,
     item: &W::Item,
-    limiter: &RateLimiter,
+    limiter: &dyn DynLimiter,
     rules: ItemRules,
     progress: &Progress,
 ) -> RunEnd<W::Output, W::Error> {
     let cost = workload.cost(job, item);
     loop {
-        let grant = match rules.job_deadline {
-            Some(deadline) => limiter.acquire_cost_before(cost, deadline).await,
-            None => limiter.acquire_cost(cost).await,
-        };
+        let grant = limiter.acquire(cost, rules.job_deadline).await;
         let attempt = progress.attempts() + 1;
         match grant {
             Ok(grant) => {
@@ -116,7 +113,7 @@ pub(crate) async fn run_item<W: Workload>(
                 let times = progress.rate_limited.fetch_add(1, Ordering::Relaxed) + 1;
                 let delay = retry_after.unwrap_or_else(|| rules.retry.backoff(times));
                 warn!(attempt, retry_after = ?delay, times, "rate limited");
-                limiter.pause_for(delay);
+                limiter.pause(delay).await;
                 let left = rules
                     .job_deadline
                     .map(|deadline| deadline.saturating_duration_since(Instant::now()));

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use pin_project::{pin_project, pinned_drop};
 use tokio::time::{Instant, Sleep};
@@ -39,6 +39,7 @@ pub struct Grant {
     cost: Cost,
     granted_at: Instant,
     waited: Duration,
+    recorded_at: Option<SystemTime>,
 }
 
 impl Grant {
@@ -91,12 +92,38 @@ impl Grant {
         self.waited
     }
 
+    /// For a grant of a limiter whose log lives in a shared store (the Redis
+    /// limiter), the instant the store recorded for it, on the store's own
+    /// clock; `None` for the in-process [`RateLimiter`](crate::RateLimiter),
+    /// whose [`granted_at`](Grant::granted_at) is exact.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use paceline::RateLimiter;
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), paceline::ConfigError> {
+    /// let limiter = RateLimiter::new(10, std::time::Duration::from_secs(1))?;
+    /// assert_eq!(limiter.acquire().await.unwrap().recorded_at(), None);
+    /// # Ok(()) }
+    /// ```
+    pub fn recorded_at(&self) -> Option<SystemTime> {
+        self.recorded_at
+    }
+
     pub(crate) fn new(cost: Cost, granted_at: Instant, waited: Duration) -> Self {
         Grant {
             cost,
             granted_at,
             waited,
+            recorded_at: None,
         }
+    }
+
+    #[cfg(feature = "redis")]
+    pub(crate) fn recorded(mut self, at: SystemTime) -> Self {
+        self.recorded_at = Some(at);
+        self
     }
 }
 

@@ -1,0 +1,115 @@
+//! A `redis-server` of the tests' own: started on 127.0.0.1 on a free port,
+//! persistence off, stopped when dropped.
+
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `redis-server`, killed on drop.
+#[derive(Debug)]
+pub(crate) struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl RedisServer {
+    /// Starts a server on a free port.
+    ///
+    /// Panics, saying what to install, when there is no `redis-server`.
+    pub(crate) fn start() -> RedisServer {
+        for _ in 0..20 {
+            let port = free_port();
+            if let Some(server) = RedisServer::start_on(port) {
+                return server;
+            }
+        }
+        panic!("could not start redis-server on a free port");
+    }
+
+    /// Starts a server on `port`, or `None` if it did not come up.
+    pub(crate) fn start_on(port: u16) -> Option<RedisServer> {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| {
+                panic!(
+                    "cannot run redis-server ({err}): the `redis` feature's tests need it \
+                     (Debian: apt-get install redis-server)"
+                )
+            });
+        let mut server = RedisServer { child: Some(child), port };
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            if server.answers() {
+                return Some(server);
+            }
+            if let Some(child) = server.child.as_mut()
+                && child.try_wait().ok().flatten().is_some()
+            {
+                server.child = None;
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// The server's port.
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The URL to connect to it.
+    pub(crate) fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Whether it accepts connections and answers PING.
+    fn answers(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+        if stream.write_all(b"PING\r\n").is_err() {
+            return false;
+        }
+        let mut reply = [0u8; 7];
+        stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+    }
+
+    /// Kills the server now (as a crash would) and waits for it to exit.
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts an empty server again on the same port.
+    pub(crate) fn restart(&mut self) {
+        self.kill();
+        for _ in 0..50 {
+            if let Some(mut server) = RedisServer::start_on(self.port) {
+                self.child = server.child.take();
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("redis-server did not restart on port {}", self.port);
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a free port on 127.0.0.1");
+    listener.local_addr().expect("the listener's address").port()
+}
