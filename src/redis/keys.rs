@@ -56,7 +56,11 @@ fn check_part(what: &'static str, value: &str) -> Result<(), RedisLimiterError> 
 /// ever admits less.
 fn window_micros(window: Duration) -> u64 {
     let micros = window.as_micros();
-    let rounded = if window.subsec_nanos() % 1_000 == 0 { micros } else { micros + 1 };
+    let rounded = if window.subsec_nanos() % 1_000 == 0 {
+        micros
+    } else {
+        micros + 1
+    };
     u64::try_from(rounded).unwrap_or(u64::MAX)
 }
 
@@ -115,14 +119,26 @@ mod tests {
     fn keys_share_one_hash_tag() {
         let keys = Keys::new("paceline", "gemini-flash", 2).unwrap();
         assert_eq!(keys.meta, "{paceline:gemini-flash}:meta");
-        assert_eq!(keys.logs, ["{paceline:gemini-flash}:log:0", "{paceline:gemini-flash}:log:1"]);
+        assert_eq!(
+            keys.logs,
+            [
+                "{paceline:gemini-flash}:log:0",
+                "{paceline:gemini-flash}:log:1"
+            ]
+        );
         assert_eq!(keys.all().count(), 3);
     }
 
     #[test]
     fn bad_key_parts_are_refused() {
-        assert_eq!(Keys::new("", "a", 1), Err(RedisLimiterError::EmptyKeyPart { part: "prefix" }));
-        assert_eq!(Keys::new("p", "", 1), Err(RedisLimiterError::EmptyKeyPart { part: "name" }));
+        assert_eq!(
+            Keys::new("", "a", 1),
+            Err(RedisLimiterError::EmptyKeyPart { part: "prefix" })
+        );
+        assert_eq!(
+            Keys::new("p", "", 1),
+            Err(RedisLimiterError::EmptyKeyPart { part: "name" })
+        );
         assert!(matches!(
             Keys::new("p{x}", "a", 1),
             Err(RedisLimiterError::InvalidKeyPart { part: "prefix", .. })

@@ -22,7 +22,9 @@ local function fmt(x)
 end
 
 local cfg = redis.call('HGET', meta, 'cfg')
+local cfg_changed = false
 if (not cfg) or op == 'configure' then
+  cfg_changed = (cfg ~= nil) and (cfg ~= ARGV[2])
   cfg = ARGV[2]
   redis.call('HSET', meta, 'cfg', cfg)
 end
@@ -274,19 +276,121 @@ local function remove(id, c, future_only)
   return removed
 end
 
+-- Move every reservation still ahead of now to the earliest slot it may have
+-- under the current quotas and pause, no earlier than it had, in the order
+-- they were made: FIFO is kept, the window holds for the quotas now stored,
+-- and no waiter is ever told to come earlier than it was told (it sleeps
+-- until its slot, and finds the new one when it confirms).
+local function reschedule()
+  local ahead, order = {}, {}
+  for i = 1, n do
+    local key = KEYS[i + 1]
+    local items = redis.call('ZRANGEBYSCORE', key, '(' .. fmt(now), '+inf', 'WITHSCORES')
+    for j = 1, #items, 2 do
+      local member, score = items[j], tonumber(items[j + 1])
+      local id = string.match(member, '^(.*):%d+$')
+      local entry = ahead[id]
+      if not entry then
+        entry = { id = id, score = score, c = {} }
+        for q = 1, n do entry.c[q] = 0 end
+        ahead[id] = entry
+        order[#order + 1] = entry
+      end
+      entry.c[i] = cost_of(member)
+    end
+    if #items > 0 then
+      redis.call('ZREMRANGEBYSCORE', key, '(' .. fmt(now), '+inf')
+    end
+  end
+  if #order == 0 then return end
+  table.sort(order, function(a, b)
+    if a.score ~= b.score then return a.score < b.score end
+    return a.id < b.id
+  end)
+  -- Per quota, the log left (all at or before now) as instants and running
+  -- totals, extended as reservations are placed again.
+  local at, upto = {}, {}
+  for i = 1, n do
+    at[i], upto[i] = {}, {}
+    local items = redis.call('ZRANGE', KEYS[i + 1], 0, -1, 'WITHSCORES')
+    local total = 0
+    for j = 1, #items, 2 do
+      total = total + cost_of(items[j])
+      at[i][#at[i] + 1] = tonumber(items[j + 1])
+      upto[i][#upto[i] + 1] = total
+    end
+    sums[i] = total
+  end
+  -- The earliest instant with room for `cost` in quota i: the first entry
+  -- whose running total reaches the excess must have left the window.
+  local function room(i, cost)
+    local need = sums[i] + cost - quotas[i].max
+    if need <= 0 then return 0 end
+    local lo, hi = 1, #upto[i]
+    while lo < hi do
+      local mid = math.floor((lo + hi) / 2)
+      if upto[i][mid] >= need then hi = mid else lo = mid + 1 end
+    end
+    return at[i][lo] + quotas[i].win
+  end
+  local p = pause_end()
+  -- A reservation whose cost no longer fits a quota (after a downgrade) is
+  -- not placed again: its waiter learns it when it confirms.
+  local function place(entry, slot)
+    if entry.score > slot then slot = entry.score end
+    if p > slot then slot = p end
+    for i = 1, n do
+      if entry.c[i] > 0 then
+        local r = room(i, entry.c[i])
+        if r > slot then slot = r end
+      end
+    end
+    for i = 1, n do
+      local c = entry.c[i]
+      if c > 0 then
+        redis.call('ZADD', KEYS[i + 1], fmt(slot), member_of(entry.id, c))
+        sums[i] = sums[i] + c
+        at[i][#at[i] + 1] = slot
+        upto[i][#upto[i] + 1] = sums[i]
+      end
+    end
+    return slot
+  end
+  local slot = now
+  for _, entry in ipairs(order) do
+    local fits = true
+    for i = 1, n do
+      if entry.c[i] > quotas[i].max then fits = false end
+    end
+    if fits then
+      slot = place(entry, slot)
+    end
+  end
+  for i = 1, n do redis.call('HSET', meta, 's' .. i, fmt(sums[i])) end
+  keep_alive(slot)
+end
+
 if op == 'acquire' then
   -- ARGV: op, cfg, requests, tokens, id, max_wait (us, -1: no limit)
   prepare()
   return reserve(ARGV[5], costs(tonumber(ARGV[3]), tonumber(ARGV[4])), tonumber(ARGV[6]))
 elseif op == 'confirm' then
   -- ARGV: op, cfg, requests, tokens, id, max_wait, slot, epoch. Called when a
-  -- reservation's slot has come: it stands unless a pause now covers it, or
-  -- it is gone with the server's data (another epoch); then it is reserved
-  -- again, behind the others. Under the same epoch a reservation missing from
-  -- the log was coalesced: it is still counted, at its slot or later.
+  -- reservation's slot has come. It may have been moved later meanwhile (a
+  -- pause, a smaller quota): then the waiter waits again, unless that is
+  -- past its deadline. Gone with the server's data (another epoch), it is
+  -- reserved again, behind the others. Under the same epoch a reservation
+  -- missing from the log was coalesced: it is still counted, at its slot.
   prepare()
   local c = costs(tonumber(ARGV[3]), tonumber(ARGV[4]))
   local id = ARGV[5]
+  local max_wait = tonumber(ARGV[6])
+  for i = 1, n do
+    if c[i] > quotas[i].max then
+      remove(id, c, false)
+      return reply(3, 0, i, 0)
+    end
+  end
   local score = nil
   if ARGV[8] == epoch then
     score = tonumber(ARGV[7])
@@ -298,14 +402,19 @@ elseif op == 'confirm' then
       end
     end
   end
-  if score then
-    if pause_end() <= score then
-      if score <= now then return reply(0, 0, 0, score) end
-      return reply(1, score - now, 0, score)
-    end
-    remove(id, c, false)
+  if not score then
+    return reserve(id, c, max_wait)
   end
-  return reserve(id, c, tonumber(ARGV[6]))
+  if pause_end() > score then
+    remove(id, c, false)
+    return reserve(id, c, max_wait)
+  end
+  if score <= now then return reply(0, 0, 0, score) end
+  if max_wait >= 0 and score - now > max_wait then
+    remove(id, c, true)
+    return reply(2, score - now, 0, score)
+  end
+  return reply(1, score - now, 0, score)
 elseif op == 'cancel' then
   -- ARGV: op, cfg, requests, tokens, id
   for i = 1, n do
@@ -323,6 +432,8 @@ elseif op == 'pause' then
     redis.call('HSET', meta, 'p', fmt(target))
     p = target
   end
+  prepare()
+  reschedule()
   local need = math.ceil((p - now) / 1000) + 1000
   local ttl = redis.call('PTTL', meta)
   if ttl < need then redis.call('PEXPIRE', meta, need) end
@@ -349,6 +460,7 @@ elseif op == 'stats' then
   return { fmt(now), fmt(p), cfg, table.concat(out, ';') }
 elseif op == 'configure' then
   prepare()
+  if cfg_changed then reschedule() end
   ensure_expiry()
   return reply(0, 0, 0, now)
 end

@@ -55,8 +55,8 @@ use std::time::Duration;
 
 use futures::future::Either;
 
-use parking_lot::Mutex;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, warn};
@@ -278,9 +278,12 @@ impl RedisRateLimiterBuilder {
         .map_err(RedisLimiterError::Redis)?;
         for (i, key) in keys.all().enumerate() {
             let expected = if i == 0 { "hash" } else { "zset" };
-            let found: String = bounded(timeout, ::redis::cmd("TYPE").arg(key).query_async(&mut conn))
-                .await
-                .map_err(RedisLimiterError::Redis)?;
+            let found: String = bounded(
+                timeout,
+                ::redis::cmd("TYPE").arg(key).query_async(&mut conn),
+            )
+            .await
+            .map_err(RedisLimiterError::Redis)?;
             if found != "none" && found != expected {
                 return Err(RedisLimiterError::WrongType {
                     key: key.to_owned(),
@@ -307,6 +310,7 @@ impl RedisRateLimiterBuilder {
                 fallback,
                 down_until: Mutex::new(None),
                 closed,
+                changed: watch::channel(0).0,
                 tag: format!("{:x}-{:08x}", std::process::id(), fastrand::u32(..)),
                 next_id: AtomicU64::new(0),
                 waiting: AtomicUsize::new(0),
@@ -366,6 +370,9 @@ struct Inner {
     fallback: Option<RateLimiter>,
     down_until: Mutex<Option<Instant>>,
     closed: watch::Sender<bool>,
+    /// Counts the changes of quotas this process has seen, so that its
+    /// waiters confirm their reservations at once.
+    changed: watch::Sender<u64>,
     /// Makes this process's reservation ids unique among processes.
     tag: String,
     next_id: AtomicU64,
@@ -437,7 +444,10 @@ impl Drop for Reservation {
         runtime.spawn(async move {
             let (requests, tokens) = (cost.requests.to_string(), cost.tokens.to_string());
             let encoded = limiter.encoded();
-            match limiter.call_raw(&["cancel", &encoded, &requests, &tokens, &id]).await {
+            match limiter
+                .call_raw(&["cancel", &encoded, &requests, &tokens, &id])
+                .await
+            {
                 Ok(raw) => debug!(id, removed = Reply::removed(&raw), "reservation cancelled"),
                 Err(err) => debug!(id, %err, "reservation not cancelled"),
             }
@@ -687,7 +697,9 @@ impl RedisRateLimiter {
         if let Some(local) = &self.inner.fallback {
             local.pause_for(duration);
         }
-        let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX).min(1 << 52);
+        let micros = u64::try_from(duration.as_micros())
+            .unwrap_or(u64::MAX)
+            .min(1 << 52);
         let reply = self
             .call(&["pause", &self.encoded(), &micros.to_string()])
             .await
@@ -719,7 +731,8 @@ impl RedisRateLimiter {
     /// # Ok(()) }
     /// ```
     pub async fn pause_until(&self, until: Instant) -> Result<(), AcquireError> {
-        self.pause_for(until.saturating_duration_since(Instant::now())).await
+        self.pause_for(until.saturating_duration_since(Instant::now()))
+            .await
     }
 
     /// Ends a pause, for every process.
@@ -815,7 +828,9 @@ impl RedisRateLimiter {
                 view.quotas
                     .first()
                     .zip(local.quotas().first())
-                    .map_or(1.0, |(shared, local)| local.max() as f64 / shared.max() as f64)
+                    .map_or(1.0, |(shared, local)| {
+                        local.max() as f64 / shared.max() as f64
+                    })
             };
             let scaled = local_share(&quotas, share)?;
             local.set_quotas(scaled.quotas())?;
@@ -826,6 +841,9 @@ impl RedisRateLimiter {
             view.encoded = encoded;
         }
         self.learn(&reply);
+        self.inner
+            .changed
+            .send_modify(|generation| *generation += 1);
         Ok(())
     }
 
@@ -902,7 +920,11 @@ impl RedisRateLimiter {
     pub async fn stats(&self) -> Result<Stats, AcquireError> {
         let encoded = self.encoded();
         let raw: RawStats = self
-            .timed(self.inner.script.run(&mut self.inner.conn.clone(), &self.inner.keys, &["stats", &encoded]))
+            .timed(self.inner.script.run(
+                &mut self.inner.conn.clone(),
+                &self.inner.keys,
+                &["stats", &encoded],
+            ))
             .await
             .map_err(AcquireError::Unavailable)?;
         let reply = StatsReply::parse(raw)
@@ -914,8 +936,7 @@ impl RedisRateLimiter {
             .map(|(quota, &(in_window, _, _))| quota_stats(*quota, in_window))
             .collect();
         let queued = reply.per_quota.iter().map(|q| q.2).max().unwrap_or(0);
-        let paused_until =
-            (!reply.pause_left.is_zero()).then(|| Instant::now() + reply.pause_left);
+        let paused_until = (!reply.pause_left.is_zero()).then(|| Instant::now() + reply.pause_left);
         let mut stats = self.stats_from(per_quota, paused_until);
         stats.queued = usize::try_from(queued).unwrap_or(usize::MAX);
         Ok(stats)
@@ -945,7 +966,10 @@ impl RedisRateLimiter {
                 .enumerate()
                 .map(|(i, quota)| quota_stats(*quota, view.logged.get(i).copied().unwrap_or(0)))
                 .collect();
-            (per_quota, view.paused_until.filter(|until| *until > Instant::now()))
+            (
+                per_quota,
+                view.paused_until.filter(|until| *until > Instant::now()),
+            )
         };
         let mut stats = self.stats_from(per_quota, paused_until);
         stats.queued = self.inner.waiting.load(Ordering::Relaxed);
@@ -1016,7 +1040,8 @@ impl RedisRateLimiter {
     /// as text.
     async fn call_raw(&self, args: &[&str]) -> Result<RawReply, String> {
         let mut conn = self.inner.conn.clone();
-        self.timed(self.inner.script.run(&mut conn, &self.inner.keys, args)).await
+        self.timed(self.inner.script.run(&mut conn, &self.inner.keys, args))
+            .await
     }
 
     async fn call(&self, args: &[&str]) -> Result<Reply, String> {
@@ -1024,7 +1049,10 @@ impl RedisRateLimiter {
         Reply::parse(raw).ok_or_else(|| "malformed reply from the limiter's script".to_owned())
     }
 
-    async fn timed<T>(&self, call: impl Future<Output = ::redis::RedisResult<T>>) -> Result<T, String> {
+    async fn timed<T>(
+        &self,
+        call: impl Future<Output = ::redis::RedisResult<T>>,
+    ) -> Result<T, String> {
         let result = bounded(self.inner.timeout, call).await;
         if let Err(err) = &result {
             warn!(keys = ?self.inner.keys.meta, %err, "Redis call failed");
@@ -1054,6 +1082,9 @@ impl RedisRateLimiter {
                 debug!(quotas = stored, "quotas changed in Redis");
                 view.quotas = quotas;
                 view.encoded.clone_from(stored);
+                self.inner
+                    .changed
+                    .send_modify(|generation| *generation += 1);
             }
         }
         view.logged.clone_from(&reply.logged);
@@ -1079,26 +1110,46 @@ impl RedisRateLimiter {
         Grant::new(cost, now, waited).recorded(server_time(slot))
     }
 
-    async fn acquire_inner(&self, cost: Cost, deadline: Option<Instant>) -> Result<Grant, AcquireError> {
+    async fn acquire_inner(
+        &self,
+        cost: Cost,
+        deadline: Option<Instant>,
+    ) -> Result<Grant, AcquireError> {
         if self.is_closed() {
             return Err(AcquireError::Closed);
         }
         let started = Instant::now();
         if self.is_down() {
-            return self.unavailable(cost, deadline, "Redis failed recently".to_owned()).await;
+            return self
+                .unavailable(cost, deadline, "Redis failed recently".to_owned())
+                .await;
         }
-        let id = format!("{}-{}", self.inner.tag, self.inner.next_id.fetch_add(1, Ordering::Relaxed));
+        let id = format!(
+            "{}-{}",
+            self.inner.tag,
+            self.inner.next_id.fetch_add(1, Ordering::Relaxed)
+        );
         let (requests, tokens) = (cost.requests.to_string(), cost.tokens.to_string());
         let budget = |deadline: Option<Instant>| match deadline {
             Some(deadline) => {
                 let left = deadline.saturating_duration_since(Instant::now());
-                u64::try_from(left.as_micros()).unwrap_or(u64::MAX).min(1 << 52).to_string()
+                u64::try_from(left.as_micros())
+                    .unwrap_or(u64::MAX)
+                    .min(1 << 52)
+                    .to_string()
             }
             None => "-1".to_owned(),
         };
         let encoded = self.encoded();
         let mut reply = match self
-            .call(&["acquire", &encoded, &requests, &tokens, &id, &budget(deadline)])
+            .call(&[
+                "acquire",
+                &encoded,
+                &requests,
+                &tokens,
+                &id,
+                &budget(deadline),
+            ])
             .await
         {
             Ok(reply) => reply,
@@ -1112,6 +1163,7 @@ impl RedisRateLimiter {
             armed: false,
         };
         let mut closed = self.inner.closed.subscribe();
+        let mut changed = self.inner.changed.subscribe();
         loop {
             self.learn(&reply);
             match reply.decision {
@@ -1131,9 +1183,15 @@ impl RedisRateLimiter {
                 }
                 Decision::Reserved(wait) => {
                     reservation.armed = true;
+                    // Wait for the slot; confirm sooner when the quotas
+                    // change (a cost may no longer fit, a slot may move).
+                    changed.borrow_and_update();
                     let sleep = std::pin::pin!(tokio::time::sleep(wait));
                     let close = std::pin::pin!(closed.wait_for(|closed| *closed));
-                    if let Either::Right(_) = futures::future::select(sleep, close).await {
+                    let change = std::pin::pin!(changed.changed());
+                    let woken =
+                        futures::future::select(sleep, futures::future::select(close, change));
+                    if let Either::Right((Either::Left(_), _)) = woken.await {
                         return Err(AcquireError::Closed);
                     }
                     let slot = reply.slot.to_string();
@@ -1187,7 +1245,11 @@ impl RedisRateLimiter {
             return fallback("Redis failed recently".to_owned());
         }
         let started = Instant::now();
-        let id = format!("{}-{}", self.inner.tag, self.inner.next_id.fetch_add(1, Ordering::Relaxed));
+        let id = format!(
+            "{}-{}",
+            self.inner.tag,
+            self.inner.next_id.fetch_add(1, Ordering::Relaxed)
+        );
         let encoded = self.encoded();
         let args = [
             "acquire",
@@ -1208,9 +1270,17 @@ impl RedisRateLimiter {
                 Err(TryAcquireError::RateLimited { retry_after })
             }
             Decision::CostExceeds(index) => match self.cost_exceeds_at(cost, index) {
-                AcquireError::CostExceedsQuota { unit, cost, max, window } => {
-                    Err(TryAcquireError::CostExceedsQuota { unit, cost, max, window })
-                }
+                AcquireError::CostExceedsQuota {
+                    unit,
+                    cost,
+                    max,
+                    window,
+                } => Err(TryAcquireError::CostExceedsQuota {
+                    unit,
+                    cost,
+                    max,
+                    window,
+                }),
                 other => Err(TryAcquireError::Unavailable(other.to_string())),
             },
         }
@@ -1240,7 +1310,11 @@ impl Limiter for RedisRateLimiter {
         self.acquire_inner(cost, None).await
     }
 
-    async fn acquire_cost_before(&self, cost: Cost, deadline: Instant) -> Result<Grant, AcquireError> {
+    async fn acquire_cost_before(
+        &self,
+        cost: Cost,
+        deadline: Instant,
+    ) -> Result<Grant, AcquireError> {
         self.acquire_inner(cost, Some(deadline)).await
     }
 

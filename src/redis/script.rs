@@ -20,7 +20,11 @@ pub(crate) struct Script {
 impl Script {
     /// Loads the script (`SCRIPT LOAD`), learning its SHA1.
     pub(crate) async fn load(conn: &mut ConnectionManager) -> RedisResult<Script> {
-        let sha = ::redis::cmd("SCRIPT").arg("LOAD").arg(SOURCE).query_async(conn).await?;
+        let sha = ::redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(SOURCE)
+            .query_async(conn)
+            .await?;
         Ok(Script { sha })
     }
 
@@ -42,7 +46,11 @@ impl Script {
         }
         match cmd.query_async(conn).await {
             Err(err) if is_no_script(&err) => {
-                let _: String = ::redis::cmd("SCRIPT").arg("LOAD").arg(SOURCE).query_async(conn).await?;
+                let _: String = ::redis::cmd("SCRIPT")
+                    .arg("LOAD")
+                    .arg(SOURCE)
+                    .query_async(conn)
+                    .await?;
                 cmd.query_async(conn).await
             }
             other => other,
@@ -162,7 +170,15 @@ mod tests {
     use super::*;
 
     fn raw(status: i64, wait: &str, index: i64) -> RawReply {
-        (status, wait.into(), index, "1700000000000000".into(), String::new(), "3,40".into(), "17".into())
+        (
+            status,
+            wait.into(),
+            index,
+            "1700000000000000".into(),
+            String::new(),
+            "3,40".into(),
+            "17".into(),
+        )
     }
 
     #[test]
@@ -173,9 +189,18 @@ mod tests {
         assert_eq!(reply.logged, [3, 40]);
         assert_eq!(reply.stored_quotas, None);
         assert_eq!(reply.epoch, "17");
-        assert_eq!(Reply::parse(raw(1, "1500", 0)).unwrap().decision, Decision::Reserved(Duration::from_micros(1_500)));
-        assert_eq!(Reply::parse(raw(2, "7", 0)).unwrap().decision, Decision::TooLate(Duration::from_micros(7)));
-        assert_eq!(Reply::parse(raw(3, "0", 2)).unwrap().decision, Decision::CostExceeds(1));
+        assert_eq!(
+            Reply::parse(raw(1, "1500", 0)).unwrap().decision,
+            Decision::Reserved(Duration::from_micros(1_500))
+        );
+        assert_eq!(
+            Reply::parse(raw(2, "7", 0)).unwrap().decision,
+            Decision::TooLate(Duration::from_micros(7))
+        );
+        assert_eq!(
+            Reply::parse(raw(3, "0", 2)).unwrap().decision,
+            Decision::CostExceeds(1)
+        );
     }
 
     #[test]
@@ -200,6 +225,9 @@ mod tests {
         assert_eq!(stats.now, SystemTime::UNIX_EPOCH + Duration::from_secs(1));
         assert_eq!(stats.pause_left, Duration::from_micros(250));
         assert_eq!(stats.per_quota, [(4, 6, 2), (1, 1, 0)]);
-        assert_eq!(StatsReply::parse(("1".into(), "0".into(), String::new(), "1,2".into())), None);
+        assert_eq!(
+            StatsReply::parse(("1".into(), "0".into(), String::new(), "1,2".into())),
+            None
+        );
     }
 }

@@ -30,7 +30,14 @@ impl RedisServer {
     pub(crate) fn start_on(port: u16) -> Option<RedisServer> {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "yes"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -40,7 +47,10 @@ impl RedisServer {
                      (Debian: apt-get install redis-server)"
                 )
             });
-        let mut server = RedisServer { child: Some(child), port };
+        let mut server = RedisServer {
+            child: Some(child),
+            port,
+        };
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(10) {
             if server.answers() {
@@ -111,5 +121,8 @@ impl Drop for RedisServer {
 
 fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("a free port on 127.0.0.1");
-    listener.local_addr().expect("the listener's address").port()
+    listener
+        .local_addr()
+        .expect("the listener's address")
+        .port()
 }
