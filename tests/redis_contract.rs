@@ -5,20 +5,11 @@
 
 mod redis_server;
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use paceline::redis::{RedisLimiterError, RedisRateLimiter};
 use paceline::{AcquireError, Cost, Quota, TryAcquireError, Unit};
-use redis_server::RedisServer;
-
-fn micros(at: SystemTime) -> u64 {
-    u64::try_from(
-        at.duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_micros(),
-    )
-    .unwrap()
-}
+use redis_server::{RedisServer, micros, most_in_any_window, raw};
 
 async fn limiter(server: &RedisServer, name: &str, quotas: &[Quota]) -> RedisRateLimiter {
     let mut builder = RedisRateLimiter::builder(server.url(), name);
@@ -29,33 +20,6 @@ async fn limiter(server: &RedisServer, name: &str, quotas: &[Quota]) -> RedisRat
         .connect()
         .await
         .expect("connects to the test's redis-server")
-}
-
-async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(server.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
-}
-
-/// The most cost granted in any window `(t - window, t]`, over grants given
-/// as (instant in µs, cost).
-fn most_in_any_window(grants: &[(u64, u64)], window: u64) -> u64 {
-    let mut sorted = grants.to_vec();
-    sorted.sort_unstable();
-    let mut most = 0;
-    let mut start = 0;
-    let mut inside = 0;
-    for end in 0..sorted.len() {
-        inside += sorted[end].1;
-        while sorted[start].0 + window <= sorted[end].0 {
-            inside -= sorted[start].1;
-            start += 1;
-        }
-        most = most.max(inside);
-    }
-    most
 }
 
 fn ms(n: u64) -> Duration {

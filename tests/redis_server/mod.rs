@@ -1,9 +1,11 @@
-//! A `redis-server` of the tests' own: started on 127.0.0.1 on a free port,
-//! persistence off, stopped when dropped.
+//! For the tests of the `redis` feature: a `redis-server` of their own
+//! (started on 127.0.0.1 on a free port, persistence off, stopped when
+//! dropped), and what they check grants with.
+#![allow(dead_code)]
 
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// A running `redis-server`, killed on drop.
 #[derive(Debug)]
@@ -125,4 +127,40 @@ fn free_port() -> u16 {
         .local_addr()
         .expect("the listener's address")
         .port()
+}
+
+/// An instant of Redis's clock in microseconds since the Unix epoch.
+pub(crate) fn micros(at: SystemTime) -> u64 {
+    let since = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("after 1970");
+    u64::try_from(since.as_micros()).expect("fits in u64")
+}
+
+/// The most cost granted in any window `(t - window, t]`, over grants given
+/// as (instant in µs, cost).
+pub(crate) fn most_in_any_window(grants: &[(u64, u64)], window: u64) -> u64 {
+    let mut sorted = grants.to_vec();
+    sorted.sort_unstable();
+    let mut most = 0;
+    let mut start = 0;
+    let mut inside = 0;
+    for end in 0..sorted.len() {
+        inside += sorted[end].1;
+        while sorted[start].0 + window <= sorted[end].0 {
+            inside -= sorted[start].1;
+            start += 1;
+        }
+        most = most.max(inside);
+    }
+    most
+}
+
+/// A plain connection to the server, to look at (or tamper with) its keys.
+pub(crate) async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(server.url())
+        .expect("a valid URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects to the test's redis-server")
 }
