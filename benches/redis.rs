@@ -99,8 +99,17 @@ async fn connect(server: &RedisServer) -> ConnectionManager {
     ConnectionManager::new(client).await.expect("connects")
 }
 
-/// The commands `INFO commandstats` counts, by name.
-async fn command_counts(conn: &mut ConnectionManager) -> Vec<(String, u64)> {
+/// What `INFO commandstats` says of one command.
+#[derive(Debug)]
+struct CommandStat {
+    name: String,
+    calls: u64,
+    /// Microseconds of Redis's time per call.
+    per_call: f64,
+}
+
+/// Every command `INFO commandstats` counts.
+async fn command_stats(conn: &mut ConnectionManager) -> Vec<CommandStat> {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(conn)
@@ -109,52 +118,73 @@ async fn command_counts(conn: &mut ConnectionManager) -> Vec<(String, u64)> {
     info.lines()
         .filter_map(|line| {
             let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest
-                .strip_prefix("calls=")?
-                .split(',')
-                .next()?
-                .parse()
-                .ok()?;
-            Some((name.to_owned(), calls))
+            let field = |key: &str| rest.split(',').find_map(|f| f.strip_prefix(key));
+            Some(CommandStat {
+                name: name.to_owned(),
+                calls: field("calls=")?.parse().ok()?,
+                per_call: field("usec_per_call=")?.parse().ok()?,
+            })
         })
         .collect()
 }
 
-/// Counts what `acquires` uncontended acquires cost in Redis commands.
-async fn commands_per_acquire(server: &RedisServer, limiter: &RedisRateLimiter, acquires: u64) {
-    let mut conn = connect(server).await;
+async fn reset_stats(conn: &mut ConnectionManager) {
     let (): () = redis::cmd("CONFIG")
         .arg("RESETSTAT")
-        .query_async(&mut conn)
+        .query_async(conn)
         .await
         .expect("RESETSTAT");
+}
+
+/// Counts what `acquires` uncontended acquires, one after the other, cost in
+/// Redis commands; then how much of Redis's time a script call takes while
+/// 64 tasks acquire at once.
+async fn commands_per_acquire(server: &RedisServer, limiter: &RedisRateLimiter, acquires: u64) {
+    let mut conn = connect(server).await;
+    reset_stats(&mut conn).await;
     for _ in 0..acquires {
         limiter.acquire().await.expect("a grant");
     }
-    let counts = command_counts(&mut conn).await;
-    let count = |name: &str| {
-        counts
-            .iter()
-            .find(|(n, _)| n == name)
-            .map_or(0, |(_, c)| *c)
-    };
-    let round_trips = count("evalsha") + count("eval") + count("script|load");
-    let inside: u64 = counts
+    let stats = command_stats(&mut conn).await;
+    let find = |name: &str| stats.iter().find(|s| s.name == name);
+    let round_trips: u64 = ["evalsha", "eval", "script|load"]
         .iter()
-        .filter(|(name, _)| {
-            !["evalsha", "eval", "info", "config|resetstat"].contains(&name.as_str())
-        })
-        .map(|(_, calls)| calls)
+        .filter_map(|name| find(name))
+        .map(|s| s.calls)
+        .sum();
+    let inside: u64 = stats
+        .iter()
+        .filter(|s| !["evalsha", "eval", "info", "config|resetstat"].contains(&s.name.as_str()))
+        .map(|s| s.calls)
         .sum();
     println!(
-        "commands per uncontended acquire over {acquires}: {:.3} round trips (EVALSHA), \
+        "per uncontended acquire, over {acquires}: {:.3} round trips (EVALSHA), \
          {:.2} commands run inside the script",
         round_trips as f64 / acquires as f64,
         inside as f64 / acquires as f64
     );
-    for (name, calls) in &counts {
-        println!("  {name}: {calls}");
+    for s in &stats {
+        println!("  {}: {} calls", s.name, s.calls);
     }
+    reset_stats(&mut conn).await;
+    let limiter = limiter.clone();
+    spread(20, move || {
+        let limiter = limiter.clone();
+        async move {
+            limiter.acquire().await.expect("a grant");
+        }
+    })
+    .await;
+    let stats = command_stats(&mut conn).await;
+    let script = stats
+        .iter()
+        .find(|s| s.name == "evalsha")
+        .expect("EVALSHA calls");
+    println!(
+        "with {TASKS} tasks acquiring, {} calls: {:.2} µs per script call inside Redis \
+         (wall time: on a busy machine it includes the time Redis waits for a core)",
+        script.calls, script.per_call
+    );
 }
 
 fn main() {

@@ -10,23 +10,46 @@
 //! round trip: it drops what left the windows, finds the earliest instant at
 //! which the cost fits every quota and comes after every reservation already
 //! made (so grants are FIFO by arrival at Redis), and records the grant there,
-//! possibly in the future. The caller then sleeps until its slot. When the
-//! slot comes it confirms it (a second round trip, only for acquires that
-//! waited): a reservation stands unless a pause set meanwhile covers it, or the
-//! server lost it (a restart with an empty data set), in which cases it is
-//! reserved again. A dropped acquire removes its reservation.
+//! possibly in the future. The caller then sleeps until its slot and confirms
+//! it (a second round trip, only for acquires that waited). A dropped acquire
+//! removes its reservation.
+//!
+//! # The contract across processes
+//!
+//! The in-process [`RateLimiter`]'s contract holds, with these differences,
+//! all of which come from a waiter sleeping until a slot fixed in advance:
+//!
+//! - **FIFO** is by arrival at Redis, over every process.
+//! - **A pause** (one process heard 429) holds every process: reservations
+//!   already made are moved past it, in their order, ahead of later
+//!   arrivals; a waiter learns its new slot when it confirms the old one.
+//! - **A new quota** applies to the reservations already made at once: after
+//!   a downgrade they are moved later (in order) so the window holds for the
+//!   new quota, and a queued cost above the new `max` fails. Reservations are
+//!   never moved earlier, so an upgrade benefits acquires made after it.
+//!   Waiters in the process that changed the quotas, or that learns of the
+//!   change from any answer, confirm at once.
+//! - **A cancelled reservation** frees its capacity for acquires made after
+//!   it; waiters already scheduled keep their slots.
+//! - **A deadline** is checked when the slot is reserved and again whenever
+//!   the slot moves: a slot moved past it fails the acquire at once.
 //!
 //! Keys are `{prefix:name}:meta` (a hash: the quotas, the pause, counts) and
 //! `{prefix:name}:log:<i>`; the hash tag keeps them in one Redis Cluster slot.
-//! Every key expires once the longest window has passed after the last
-//! reservation, so an idle limiter vanishes.
+//! All of them expire together, between one and two seconds after the longest
+//! window has passed over the last reservation (and the pause), so an idle
+//! limiter vanishes; the expiry is moved about once a second, not on every
+//! call.
 //!
-//! A quota with `max` above 1,024 coalesces past grants that fall within
-//! `window / 1000` of each other into one entry dated at the latest of them,
+//! A quota with `max` above 1,024 coalesces past grants, bucket by bucket of
+//! `window / 1000`, into one entry dated at the latest grant of the bucket,
 //! as the in-process limiter does: Redis memory stays within about 1,000
-//! entries per quota plus the reservations ahead, a grant is only ever counted
-//! later than it was made (never more admitted), and at most 0.1% of the
-//! quota's capacity is given up.
+//! entries per quota plus the bucket still filling and the reservations
+//! ahead, a grant is only ever counted later than it was made (never more
+//! admitted), and at most 0.1% of the quota's capacity is given up.
+//!
+//! An uncontended acquire is one round trip and four commands inside Redis
+//! (`TIME`, `HMGET`, `ZADD`, `HSET`). Redis 5 or later is needed.
 //!
 //! # When Redis does not answer
 //!
