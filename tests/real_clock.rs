@@ -120,3 +120,72 @@ fn pause_close_and_tokens_bypass_the_lane() {
     assert_eq!(limiter.try_acquire(), Err(TryAcquireError::Closed));
     assert!(limiter.is_closed());
 }
+
+/// Waits on a running clock end on a fine timer for their last two
+/// milliseconds: a grant never comes before its instant, whatever the timers
+/// do, and every waiter is granted.
+#[test]
+fn waits_on_a_running_clock_are_strict_to_the_instant() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_time()
+        .build()
+        .unwrap();
+    let window = Duration::from_millis(20);
+    let limiter = RateLimiter::new(5, window).unwrap();
+    let mut times = rt.block_on(async {
+        let tasks: Vec<_> = (0..30)
+            .map(|_| {
+                let limiter = limiter.clone();
+                tokio::spawn(async move { limiter.acquire().await.unwrap().granted_at() })
+            })
+            .collect();
+        let mut times = Vec::new();
+        for task in tasks {
+            times.push(
+                tokio::time::timeout(Duration::from_secs(10), task)
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            );
+        }
+        times
+    });
+    times.sort_unstable();
+    for k in 5..times.len() {
+        assert!(times[k] >= times[k - 5] + window, "grant {k} came early");
+    }
+    assert_eq!(limiter.stats().granted, 30);
+}
+
+#[test]
+fn a_waiter_whose_deadline_comes_first_fails_at_the_deadline_not_before() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let limiter = RateLimiter::new(1, Duration::from_millis(30)).unwrap();
+    rt.block_on(async {
+        limiter.acquire().await.unwrap();
+        let asked = tokio::time::Instant::now();
+        let deadline = asked + Duration::from_millis(40);
+        let waiter = limiter.acquire_before(deadline);
+        let mut waiter = pin!(waiter);
+        assert!(
+            poll!(waiter.as_mut()).is_pending(),
+            "feasible in 30 ms: admitted"
+        );
+        // A pause moves the grant past the deadline: the wait ends there.
+        limiter.pause_for(Duration::from_secs(1));
+        let err = tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            matches!(err, paceline::AcquireError::DeadlineExceeded { .. }),
+            "{err:?}"
+        );
+        assert!(tokio::time::Instant::now() >= deadline);
+    });
+    assert_eq!(limiter.stats().queued, 0);
+}

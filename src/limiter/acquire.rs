@@ -9,6 +9,7 @@ use pin_project::{pin_project, pinned_drop};
 use tokio::time::{Instant, Sleep};
 
 use super::Shared;
+use super::fine_timer;
 use super::queue::WaiterKey;
 use super::state::{Admission, WaiterPoll, WakeList};
 use crate::error::AcquireError;
@@ -188,6 +189,8 @@ pub struct Acquire<'a> {
     progress: Progress,
     #[pin]
     timer: Option<Sleep>,
+    /// The instant handed to the fine timer last, so that it is handed once.
+    fine_at: Option<Instant>,
 }
 
 impl std::fmt::Debug for Acquire<'_> {
@@ -208,6 +211,7 @@ impl<'a> Acquire<'a> {
             deadline,
             progress: Progress::New,
             timer: None,
+            fine_at: None,
         }
     }
 }
@@ -272,7 +276,24 @@ impl Future for Acquire<'_> {
                     // A deadline or a pause ending in centuries needs no exact
                     // timer (and tokio's would overflow); waking then is
                     // enough to look again.
-                    let at = wake_at.min(now.checked_add(FAR_FUTURE).unwrap_or(now));
+                    let mut at = wake_at.min(now.checked_add(FAR_FUTURE).unwrap_or(now));
+                    // On a running clock, tokio's timer takes the wait to
+                    // within `LEAD` of its instant and the fine timer the rest.
+                    let left = at.saturating_duration_since(now);
+                    if !this.shared.clock_is_paused() && !left.is_zero() {
+                        if left <= fine_timer::LEAD {
+                            if *this.fine_at != Some(at)
+                                && fine_timer::wake_at(at.into_std(), cx.waker())
+                            {
+                                *this.fine_at = Some(at);
+                            }
+                            if *this.fine_at == Some(at) {
+                                return Poll::Pending;
+                            }
+                        } else {
+                            at -= fine_timer::LEAD;
+                        }
+                    }
                     match this.timer.as_mut().as_pin_mut() {
                         Some(timer) if timer.deadline() == at => {}
                         Some(timer) => timer.reset(at),

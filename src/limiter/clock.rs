@@ -73,6 +73,12 @@ impl Clock {
         }
     }
 
+    /// Whether tokio's clock has been seen paused.
+    #[inline]
+    pub(crate) fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Relaxed)
+    }
+
     /// On a slow path: notes whether tokio's clock has been paused since the
     /// limiter was built, which turns the fast lane off for good.
     pub(crate) fn notice_pause(&self) {
