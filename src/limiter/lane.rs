@@ -27,8 +27,9 @@
 //! One word holds whether the lane is open (the top bit), the opening's
 //! generation (12 bits), the number of grants taken (19 bits) and the budget
 //! left (the low 32 bits), so that taking is a single compare-and-swap. A
-//! caller loads the word, then the opening's anchor, reads the counter, and
-//! swaps: the swap succeeds only if the word is unchanged, that is, if the
+//! caller reads the counter (the instant of its grant), loads the word, then
+//! the opening's anchor, and swaps (a reading older than the opening measures
+//! as none, dating the grant at the opening): the swap succeeds only if the word is unchanged, that is, if the
 //! lane was neither sealed nor reopened meanwhile (the generation tells one
 //! opening from the next even when their budgets are equal), so the anchor
 //! it measured against is the one of the opening it takes from.
@@ -101,6 +102,11 @@ impl Lane {
         counter: impl Fn() -> u64,
         elapsed: impl Fn(u64, u64) -> u64,
     ) -> Option<Taken> {
+        // The grant's instant is this reading, taken before the word so that
+        // the compare-and-swap follows the load as closely as it can. A
+        // reading older than the opening measures as no time at all: the
+        // grant is then dated at the opening, which its budget fits.
+        let now = counter();
         let mut current = self.word.load(Ordering::Acquire);
         let mut measured: Option<(u64, Taken)> = None;
         loop {
@@ -116,7 +122,7 @@ impl Lane {
                     let anchor = self.anchor();
                     let taken = Taken {
                         anchor,
-                        elapsed: elapsed(anchor.counter, counter()),
+                        elapsed: elapsed(anchor.counter, now),
                     };
                     measured = Some((generation, taken));
                     taken
