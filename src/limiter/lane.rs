@@ -29,12 +29,22 @@
 //! left (the low 32 bits), so that taking is a single compare-and-swap. A
 //! caller reads the counter (the instant of its grant), loads the word, then
 //! the opening's anchor, and swaps (a reading older than the opening measures
-//! as none, dating the grant at the opening): the swap succeeds only if the word is unchanged, that is, if the
-//! lane was neither sealed nor reopened meanwhile (the generation tells one
-//! opening from the next even when their budgets are equal), so the anchor
-//! it measured against is the one of the opening it takes from.
+//! as none, dating the grant at the opening): the swap succeeds only if the
+//! word is unchanged, that is, if the lane was neither sealed nor reopened
+//! meanwhile (the generation tells one opening from the next even when their
+//! budgets are equal), so the anchor it measured against is the one of the
+//! opening it takes from.
+//!
+//! The budget is split between a few such words, the shards, each on cache
+//! lines of its own, and each thread takes from its own shard: threads
+//! granting at once never fight over one word, as they would over a single
+//! counter (or a GCRA state). A shard that runs dry sends its thread to the
+//! lock, which seals every shard and opens the lane again with the budget
+//! split anew. Sealing swaps the shards one after the other, all before the
+//! reading that dates the entry, so the argument above holds shard by shard.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 const REMAINING_BITS: u32 = 32;
 const REMAINING_MASK: u64 = (1 << REMAINING_BITS) - 1;
@@ -74,27 +84,86 @@ pub(crate) struct Taken {
     pub(crate) elapsed: u64,
 }
 
+/// One part of the lane's budget, alone on its cache lines: threads taking
+/// from different shards never contend for one word.
 #[derive(Debug, Default)]
-pub(crate) struct Lane {
+#[repr(align(128))]
+struct Shard {
     word: AtomicU64,
-    anchor_counter: AtomicU64,
-    anchor_nanos: AtomicU64,
+}
+
+/// Where the opening's anchor lives: read by every taker, written only when
+/// the lane opens, so kept off the shards' cache lines.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Opening {
+    counter: AtomicU64,
+    nanos: AtomicU64,
     lasts: AtomicU64,
     generation: AtomicU64,
 }
 
+#[derive(Debug)]
+pub(crate) struct Lane {
+    shards: Box<[Shard]>,
+    opening: Opening,
+}
+
+impl Default for Lane {
+    fn default() -> Self {
+        Lane::new(1)
+    }
+}
+
+/// The shard of the calling thread, among `count` (a power of two): threads
+/// are numbered in the order they first take from any lane, so a runtime's
+/// few workers land on different shards.
+fn thread_shard(count: usize) -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static NUMBER: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    let number = NUMBER.with(|number| {
+        if number.get() == usize::MAX {
+            number.set(NEXT.fetch_add(1, Ordering::Relaxed));
+        }
+        number.get()
+    });
+    number & (count - 1)
+}
+
+/// How many shards a lane gets on this machine: a power of two at least
+/// twice its parallelism (so that a runtime's workers and the thread that
+/// started it seldom share one), at most 32.
+pub(crate) fn shards_for_this_machine() -> usize {
+    let parallelism = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (parallelism * 2).next_power_of_two().clamp(1, 32)
+}
+
 impl Lane {
-    fn anchor(&self) -> Anchor {
-        Anchor {
-            counter: self.anchor_counter.load(Ordering::Acquire),
-            nanos: self.anchor_nanos.load(Ordering::Acquire),
-            lasts: self.lasts.load(Ordering::Acquire),
+    /// A sealed lane whose budget is split in `shards` parts (rounded up to
+    /// a power of two).
+    pub(crate) fn new(shards: usize) -> Lane {
+        Lane {
+            shards: (0..shards.max(1).next_power_of_two())
+                .map(|_| Shard::default())
+                .collect(),
+            opening: Opening::default(),
         }
     }
 
-    /// Takes `amount` from the budget if the lane is open, has room, and
-    /// `counter` (a reading of the time-stamp counter) says the opening has
-    /// not run out; `elapsed` turns two readings into nanoseconds.
+    fn anchor(&self) -> Anchor {
+        Anchor {
+            counter: self.opening.counter.load(Ordering::Acquire),
+            nanos: self.opening.nanos.load(Ordering::Acquire),
+            lasts: self.opening.lasts.load(Ordering::Acquire),
+        }
+    }
+
+    /// Takes `amount` from the calling thread's shard of the budget if the
+    /// lane is open, the shard has room, and `counter` (a reading of the
+    /// time-stamp counter) says the opening has not run out; `elapsed` turns
+    /// two readings into nanoseconds.
     #[inline]
     pub(crate) fn try_take(
         &self,
@@ -102,12 +171,16 @@ impl Lane {
         counter: impl Fn() -> u64,
         elapsed: impl Fn(u64, u64) -> u64,
     ) -> Option<Taken> {
+        let shard = match self.shards.len() {
+            1 => &self.shards[0],
+            count => &self.shards[thread_shard(count)],
+        };
         // The grant's instant is this reading, taken before the word so that
         // the compare-and-swap follows the load as closely as it can. A
         // reading older than the opening measures as no time at all: the
         // grant is then dated at the opening, which its budget fits.
         let now = counter();
-        let mut current = self.word.load(Ordering::Acquire);
+        let mut current = shard.word.load(Ordering::Acquire);
         let mut measured: Option<(u64, Taken)> = None;
         loop {
             if current & OPEN == 0 {
@@ -137,7 +210,7 @@ impl Lane {
                 return None;
             }
             let next = OPEN | generation | ((grants + 1) << GRANTS_SHIFT) | (remaining - amount);
-            match self.word.compare_exchange_weak(
+            match shard.word.compare_exchange_weak(
                 current,
                 next,
                 Ordering::AcqRel,
@@ -149,26 +222,42 @@ impl Lane {
         }
     }
 
-    /// Closes the lane; returns what it granted since it opened.
+    /// Closes the lane, shard by shard; returns what it granted since it
+    /// opened. A grant taken from a shard before that shard closed is
+    /// counted, and every shard closes before this returns.
     pub(crate) fn seal(&self) -> Sealed {
-        let word = self.word.swap(0, Ordering::AcqRel);
-        Sealed {
-            grants: (word & GRANTS_MASK) >> GRANTS_SHIFT,
-            remaining: word & REMAINING_MASK,
+        let mut sealed = Sealed {
+            grants: 0,
+            remaining: 0,
+        };
+        for shard in &*self.shards {
+            let word = shard.word.swap(0, Ordering::AcqRel);
+            sealed.grants += (word & GRANTS_MASK) >> GRANTS_SHIFT;
+            sealed.remaining += word & REMAINING_MASK;
         }
+        sealed
     }
 
-    /// Opens the lane with `budget` (at most [`MAX_BUDGET`]) from `anchor`.
-    /// Call it only when the lane is sealed.
+    /// Opens the lane with `budget` (at most [`MAX_BUDGET`]) from `anchor`,
+    /// split evenly between the shards. Call it only when the lane is sealed.
     pub(crate) fn open(&self, budget: u64, anchor: Anchor) {
-        let generation = (self.generation.fetch_add(1, Ordering::Relaxed) + 1) << GENERATION_SHIFT;
-        self.anchor_counter.store(anchor.counter, Ordering::Release);
-        self.anchor_nanos.store(anchor.nanos, Ordering::Release);
-        self.lasts.store(anchor.lasts, Ordering::Release);
-        self.word.store(
-            OPEN | (generation & GENERATION_MASK) | budget.min(MAX_BUDGET),
-            Ordering::Release,
-        );
+        let generation =
+            (self.opening.generation.fetch_add(1, Ordering::Relaxed) + 1) << GENERATION_SHIFT;
+        self.opening
+            .counter
+            .store(anchor.counter, Ordering::Release);
+        self.opening.nanos.store(anchor.nanos, Ordering::Release);
+        self.opening.lasts.store(anchor.lasts, Ordering::Release);
+        let budget = budget.min(MAX_BUDGET);
+        let count = self.shards.len() as u64;
+        let (share, extra) = (budget / count, budget % count);
+        for (i, shard) in self.shards.iter().enumerate() {
+            let part = share + u64::from((i as u64) < extra);
+            shard.word.store(
+                OPEN | (generation & GENERATION_MASK) | part,
+                Ordering::Release,
+            );
+        }
     }
 }
 
@@ -220,6 +309,47 @@ mod tests {
             }
         );
         assert!(!take(&lane, 0, 1_050), "sealed");
+    }
+
+    #[test]
+    fn shards_split_the_budget_and_seal_together() {
+        let lane = Lane::new(3);
+        assert_eq!(lane.shards.len(), 4);
+        lane.open(10, ANCHOR);
+        // This thread takes from one shard: 2 or 3 of the 10 (3 + 3 + 2 + 2).
+        let mine = (0..10).filter(|_| take(&lane, 1, 1_010)).count() as u64;
+        assert!((2..=3).contains(&mine), "{mine}");
+        assert_eq!(
+            lane.seal(),
+            Sealed {
+                grants: mine,
+                remaining: 10 - mine
+            }
+        );
+        assert!(!take(&lane, 1, 1_010), "every shard sealed");
+    }
+
+    #[test]
+    fn threads_on_shards_never_take_more_than_the_budget() {
+        let lane = std::sync::Arc::new(Lane::new(4));
+        lane.open(
+            100_000,
+            Anchor {
+                lasts: u64::MAX,
+                ..ANCHOR
+            },
+        );
+        let handles: Vec<_> = (0..6)
+            .map(|_| {
+                let lane = lane.clone();
+                std::thread::spawn(move || (0..50_000).filter(|_| take(&lane, 1, 1_000)).count())
+            })
+            .collect();
+        let taken: u64 = handles.into_iter().map(|h| h.join().unwrap() as u64).sum();
+        assert!(taken <= 100_000);
+        let sealed = lane.seal();
+        assert_eq!(sealed.grants, taken);
+        assert_eq!(sealed.grants + sealed.remaining, 100_000);
     }
 
     #[test]

@@ -290,10 +290,25 @@ impl RateLimiterBuilder {
                 state: Mutex::new(state),
                 origin: clock.now(),
                 clock,
-                lane: Lane::default(),
+                lane: Lane::new(lane_shards(&self.quotas)),
                 counts_tokens,
             }),
         })
+    }
+}
+
+/// The fast lane's shards: one per thread likely to grant at once, where the
+/// lane can open (every request quota above 1,024 per window: those coalesce),
+/// and one otherwise, which it never uses.
+fn lane_shards(quotas: &[Quota]) -> usize {
+    let coalescing = quotas
+        .iter()
+        .filter(|q| q.unit() == Unit::Requests)
+        .all(|q| q.max() > window::EXACT_MAX);
+    if coalescing {
+        lane::shards_for_this_machine()
+    } else {
+        1
     }
 }
 
