@@ -92,21 +92,21 @@ struct Shard {
     word: AtomicU64,
 }
 
-/// Where the opening's anchor lives: read by every taker, written only when
-/// the lane opens, so kept off the shards' cache lines.
-#[derive(Debug, Default)]
-#[repr(align(128))]
-struct Opening {
-    counter: AtomicU64,
-    nanos: AtomicU64,
-    lasts: AtomicU64,
-    generation: AtomicU64,
+/// The lane's words: one, inline (for a limiter that never opens its lane,
+/// or a machine with one core), or several shards.
+#[derive(Debug)]
+enum Words {
+    One(AtomicU64),
+    Shards(Box<[Shard]>),
 }
 
 #[derive(Debug)]
 pub(crate) struct Lane {
-    shards: Box<[Shard]>,
-    opening: Opening,
+    words: Words,
+    anchor_counter: AtomicU64,
+    anchor_nanos: AtomicU64,
+    lasts: AtomicU64,
+    generation: AtomicU64,
 }
 
 impl Default for Lane {
@@ -144,19 +144,34 @@ impl Lane {
     /// A sealed lane whose budget is split in `shards` parts (rounded up to
     /// a power of two).
     pub(crate) fn new(shards: usize) -> Lane {
+        let words = match shards.max(1).next_power_of_two() {
+            1 => Words::One(AtomicU64::new(0)),
+            count => Words::Shards((0..count).map(|_| Shard::default()).collect()),
+        };
         Lane {
-            shards: (0..shards.max(1).next_power_of_two())
-                .map(|_| Shard::default())
-                .collect(),
-            opening: Opening::default(),
+            words,
+            anchor_counter: AtomicU64::new(0),
+            anchor_nanos: AtomicU64::new(0),
+            lasts: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
         }
+    }
+
+    /// Every word, in order.
+    fn words(&self) -> impl Iterator<Item = &AtomicU64> {
+        let (one, shards) = match &self.words {
+            Words::One(word) => (Some(word), &[][..]),
+            Words::Shards(shards) => (None, &shards[..]),
+        };
+        one.into_iter()
+            .chain(shards.iter().map(|shard| &shard.word))
     }
 
     fn anchor(&self) -> Anchor {
         Anchor {
-            counter: self.opening.counter.load(Ordering::Acquire),
-            nanos: self.opening.nanos.load(Ordering::Acquire),
-            lasts: self.opening.lasts.load(Ordering::Acquire),
+            counter: self.anchor_counter.load(Ordering::Acquire),
+            nanos: self.anchor_nanos.load(Ordering::Acquire),
+            lasts: self.lasts.load(Ordering::Acquire),
         }
     }
 
@@ -171,16 +186,16 @@ impl Lane {
         counter: impl Fn() -> u64,
         elapsed: impl Fn(u64, u64) -> u64,
     ) -> Option<Taken> {
-        let shard = match self.shards.len() {
-            1 => &self.shards[0],
-            count => &self.shards[thread_shard(count)],
+        let word = match &self.words {
+            Words::One(word) => word,
+            Words::Shards(shards) => &shards[thread_shard(shards.len())].word,
         };
         // The grant's instant is this reading, taken before the word so that
         // the compare-and-swap follows the load as closely as it can. A
         // reading older than the opening measures as no time at all: the
         // grant is then dated at the opening, which its budget fits.
         let now = counter();
-        let mut current = shard.word.load(Ordering::Acquire);
+        let mut current = word.load(Ordering::Acquire);
         let mut measured: Option<(u64, Taken)> = None;
         loop {
             if current & OPEN == 0 {
@@ -210,12 +225,7 @@ impl Lane {
                 return None;
             }
             let next = OPEN | generation | ((grants + 1) << GRANTS_SHIFT) | (remaining - amount);
-            match shard.word.compare_exchange_weak(
-                current,
-                next,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
+            match word.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return Some(taken),
                 Err(actual) => current = actual,
             }
@@ -230,8 +240,8 @@ impl Lane {
             grants: 0,
             remaining: 0,
         };
-        for shard in &*self.shards {
-            let word = shard.word.swap(0, Ordering::AcqRel);
+        for word in self.words() {
+            let word = word.swap(0, Ordering::AcqRel);
             sealed.grants += (word & GRANTS_MASK) >> GRANTS_SHIFT;
             sealed.remaining += word & REMAINING_MASK;
         }
@@ -241,19 +251,16 @@ impl Lane {
     /// Opens the lane with `budget` (at most [`MAX_BUDGET`]) from `anchor`,
     /// split evenly between the shards. Call it only when the lane is sealed.
     pub(crate) fn open(&self, budget: u64, anchor: Anchor) {
-        let generation =
-            (self.opening.generation.fetch_add(1, Ordering::Relaxed) + 1) << GENERATION_SHIFT;
-        self.opening
-            .counter
-            .store(anchor.counter, Ordering::Release);
-        self.opening.nanos.store(anchor.nanos, Ordering::Release);
-        self.opening.lasts.store(anchor.lasts, Ordering::Release);
+        let generation = (self.generation.fetch_add(1, Ordering::Relaxed) + 1) << GENERATION_SHIFT;
+        self.anchor_counter.store(anchor.counter, Ordering::Release);
+        self.anchor_nanos.store(anchor.nanos, Ordering::Release);
+        self.lasts.store(anchor.lasts, Ordering::Release);
         let budget = budget.min(MAX_BUDGET);
-        let count = self.shards.len() as u64;
+        let count = self.words().count() as u64;
         let (share, extra) = (budget / count, budget % count);
-        for (i, shard) in self.shards.iter().enumerate() {
+        for (i, word) in self.words().enumerate() {
             let part = share + u64::from((i as u64) < extra);
-            shard.word.store(
+            word.store(
                 OPEN | (generation & GENERATION_MASK) | part,
                 Ordering::Release,
             );
@@ -314,7 +321,7 @@ mod tests {
     #[test]
     fn shards_split_the_budget_and_seal_together() {
         let lane = Lane::new(3);
-        assert_eq!(lane.shards.len(), 4);
+        assert_eq!(lane.words().count(), 4);
         lane.open(10, ANCHOR);
         // This thread takes from one shard: 2 or 3 of the 10 (3 + 3 + 2 + 2).
         let mine = (0..10).filter(|_| take(&lane, 1, 1_010)).count() as u64;
