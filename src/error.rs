@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::quota::Unit;
+use crate::quota::{Cost, Quota, Unit};
 
 /// A quota or limiter configuration that cannot work.
 ///
@@ -169,6 +169,18 @@ pub enum TryAcquireError {
     /// nothing was granted.
     #[error("the shared limiter is unavailable: {0}")]
     Unavailable(String),
+}
+
+impl AcquireError {
+    /// `cost` does not fit `quota` even when its window is empty.
+    pub(crate) fn cost_exceeds(cost: Cost, quota: &Quota) -> AcquireError {
+        AcquireError::CostExceedsQuota {
+            unit: quota.unit(),
+            cost: cost.amount(quota.unit()),
+            max: quota.max(),
+            window: quota.window(),
+        }
+    }
 }
 
 impl TryAcquireError {

@@ -604,9 +604,8 @@ async fn a_smaller_quota_moves_the_reservations_already_made() {
             first + 600_000
         ]
     );
-    let mut all: Vec<(u64, u64)> = times.iter().map(|t| (*t, 1)).collect();
-    all.push((first, 4));
-    assert_eq!(most_in_any_window(&all[..4], 300_000), 2);
+    let queued: Vec<(u64, u64)> = times.iter().map(|t| (*t, 1)).collect();
+    assert_eq!(most_in_any_window(&queued, 300_000), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

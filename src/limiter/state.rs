@@ -234,7 +234,7 @@ impl LimiterState {
 
     fn check_cost(&self, cost: Cost) -> Result<(), AcquireError> {
         match self.refusing_quota(cost) {
-            Some(quota) => Err(cost_exceeds(cost, &quota)),
+            Some(quota) => Err(AcquireError::cost_exceeds(cost, &quota)),
             None => Ok(()),
         }
     }
@@ -395,7 +395,7 @@ impl LimiterState {
             }
             WaiterStatus::Refused(quota) => {
                 let waiter = self.queue.remove(key);
-                WaiterPoll::Failed(cost_exceeds(waiter.cost, &quota))
+                WaiterPoll::Failed(AcquireError::cost_exceeds(waiter.cost, &quota))
             }
             WaiterStatus::Waiting if deadline.is_some_and(|d| d <= now) => {
                 self.cancel(key, now, wake);
@@ -599,15 +599,6 @@ impl LimiterState {
             closed: self.closed,
             quotas,
         }
-    }
-}
-
-fn cost_exceeds(cost: Cost, quota: &Quota) -> AcquireError {
-    AcquireError::CostExceedsQuota {
-        unit: quota.unit(),
-        cost: cost.amount(quota.unit()),
-        max: quota.max(),
-        window: quota.window(),
     }
 }
 

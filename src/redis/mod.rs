@@ -1116,7 +1116,7 @@ impl RedisRateLimiter {
     fn cost_exceeds_at(&self, cost: Cost, index: usize) -> AcquireError {
         let view = self.inner.view.lock();
         match view.quotas.get(index) {
-            Some(quota) => cost_exceeds(cost, quota),
+            Some(quota) => AcquireError::cost_exceeds(cost, quota),
             None => AcquireError::Unavailable("the shared quotas changed".to_owned()),
         }
     }
@@ -1307,15 +1307,6 @@ impl RedisRateLimiter {
                 other => Err(TryAcquireError::Unavailable(other.to_string())),
             },
         }
-    }
-}
-
-fn cost_exceeds(cost: Cost, quota: &Quota) -> AcquireError {
-    AcquireError::CostExceedsQuota {
-        unit: quota.unit(),
-        cost: cost.amount(quota.unit()),
-        max: quota.max(),
-        window: quota.window(),
     }
 }
 
