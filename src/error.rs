@@ -44,6 +44,10 @@ pub enum ConfigError {
     /// A limiter was built without any quota.
     #[error("a rate limiter needs at least one quota")]
     NoQuota,
+    /// A keyed limiter was given a cap of zero live keys: no key could ever
+    /// be served.
+    #[error("a keyed limiter's max_keys must be at least 1")]
+    ZeroMaxKeys,
     /// A reconfiguration gave a different number of quotas than the limiter has.
     #[error("the limiter has {expected} quotas but {given} were given")]
     QuotaCount {

@@ -104,6 +104,31 @@
 //! # }
 //! ```
 //!
+//! One limit per key (an API key, a user, an address), each key a strict
+//! window of its own, made on first use and evicted once idle, with a cap on
+//! live keys ([`KeyedRateLimiter`]):
+//!
+//! ```
+//! use std::time::Duration;
+//! use paceline::{KeyedError, KeyedRateLimiter, Quota};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let limiter = KeyedRateLimiter::<String>::builder()
+//!     .quota(Quota::per_minute(60)?)
+//!     .max_keys(10_000)
+//!     .build()?;
+//! limiter.acquire("alice").await?;
+//! match limiter.try_acquire("bob") {
+//!     Ok(_) => {}                                             // call on bob's behalf
+//!     Err(KeyedError::Limiter(refused)) => println!("bob: retry in {:?}", refused.retry_after()),
+//!     Err(KeyedError::TooManyKeys { .. }) => println!("too many clients at once"),
+//!     Err(other) => return Err(other.into()),
+//! }
+//! assert_eq!(limiter.len(), 2);
+//! # Ok(()) }
+//! ```
+//!
 //! # Clock and fast lane
 //!
 //! A limiter's instants are [`tokio::time::Instant`]s: tokio's virtual clock
@@ -123,6 +148,7 @@
 mod bounded;
 mod error;
 mod executor;
+mod keyed;
 mod limit;
 mod limiter;
 mod quota;
@@ -137,6 +163,7 @@ pub use executor::{
     ItemError, ItemOutcome, Jitter, JobHandle, JobId, JobReport, JobStatus, JobStream, JobSummary,
     RetryPolicy, ShutdownReport, SubmitError, Workload,
 };
+pub use keyed::{KeyedError, KeyedRateLimiter, KeyedRateLimiterBuilder, KeyedStats};
 pub use limit::Limiter;
 pub use limiter::{Acquire, Grant, RateLimiter, RateLimiterBuilder};
 pub use quota::{Cost, Quota, Unit};
