@@ -129,6 +129,21 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Features
+//!
+//! - `tower`: the `paceline::tower` module, a tower `Layer` and `Service`
+//!   that acquire from any [`Limiter`] before each call, and their keyed
+//!   variant with a key extractor (for axum, tonic, hyper).
+//! - `serde`: `Serialize` for [`Stats`], [`KeyedStats`], the executor's
+//!   [`ExecutorStats`] and [`JobReport`]s, and the errors they hold, so that a
+//!   health endpoint can return them as JSON. Durations are milliseconds
+//!   (floats); instants, which mean nothing outside the process, are the
+//!   signed milliseconds from the moment of serialising (a pause ending in
+//!   1.5 s is `1500.0`, a job that ended 2 s ago `-2000.0`). Field names are
+//!   the Rust ones.
+//! - `redis`: `paceline::redis`, a limiter whose quotas live in Redis, shared
+//!   by many processes.
+//!
 //! # Clock and fast lane
 //!
 //! A limiter's instants are [`tokio::time::Instant`]s: tokio's virtual clock
@@ -154,7 +169,11 @@ mod limiter;
 mod quota;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "serde")]
+mod serialize;
 mod stats;
+#[cfg(feature = "tower")]
+pub mod tower;
 
 pub use bounded::{BoundedMap, BoundedMapExt, bounded_map};
 pub use error::{AcquireError, ConfigError, TryAcquireError};

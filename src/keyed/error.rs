@@ -33,6 +33,11 @@ use crate::error::TryAcquireError;
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize),
+    serde(rename_all = "snake_case")
+)]
 #[non_exhaustive]
 pub enum KeyedError<E> {
     /// The key's limiter refused.

@@ -218,6 +218,7 @@ impl<K: Hash + Eq> KeyedRateLimiterBuilder<K> {
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct KeyedStats {
     /// Keys live now.
     pub keys: usize,
@@ -471,6 +472,23 @@ impl<K: Hash + Eq + Send + Sync + 'static> KeyedRateLimiter<K> {
                 None => limiter.acquire_cost(cost),
             };
             acquire.await.map_err(KeyedError::Limiter)
+        }
+    }
+
+    /// As [`try_acquire_cost`](Self::try_acquire_cost), for a key the caller
+    /// owns.
+    #[cfg(feature = "tower")]
+    pub(crate) fn try_acquire_owned(
+        &self,
+        key: K,
+        cost: Cost,
+    ) -> Result<Grant, KeyedError<TryAcquireError>> {
+        let quotas = self.store.quotas();
+        match self.store.with_owned(key, |slot| {
+            slot.try_acquire(self.store.origin(), quotas, cost)
+        }) {
+            Ok(result) => result.map_err(KeyedError::Limiter),
+            Err(Full) => Err(self.too_many()),
         }
     }
 
