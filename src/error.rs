@@ -44,6 +44,10 @@ pub enum ConfigError {
     /// A limiter was built without any quota.
     #[error("a rate limiter needs at least one quota")]
     NoQuota,
+    /// A keyed limiter was given a cap of zero live keys: no key could ever
+    /// be served.
+    #[error("a keyed limiter's max_keys must be at least 1")]
+    ZeroMaxKeys,
     /// A reconfiguration gave a different number of quotas than the limiter has.
     #[error("the limiter has {expected} quotas but {given} were given")]
     QuotaCount {
@@ -89,6 +93,11 @@ pub enum ConfigError {
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize),
+    serde(rename_all = "snake_case")
+)]
 #[non_exhaustive]
 pub enum AcquireError {
     /// The limiter was closed before the grant.
@@ -104,6 +113,10 @@ pub enum AcquireError {
         /// The quota's `max`.
         max: u64,
         /// The quota's window.
+        #[cfg_attr(
+            feature = "serde",
+            serde(serialize_with = "crate::serialize::duration_ms")
+        )]
         window: Duration,
     },
     /// The grant could not come by the deadline.
@@ -114,6 +127,10 @@ pub enum AcquireError {
     #[error("no grant by the deadline{}", match .earliest { Some(_) => " (the earliest grant would come later)", None => "" })]
     DeadlineExceeded {
         /// The earliest feasible grant, when known.
+        #[cfg_attr(
+            feature = "serde",
+            serde(serialize_with = "crate::serialize::option_instant_ms")
+        )]
         earliest: Option<Instant>,
     },
     /// The store that holds a shared limiter's log (Redis) did not answer in
@@ -140,6 +157,11 @@ pub enum AcquireError {
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize),
+    serde(rename_all = "snake_case")
+)]
 #[non_exhaustive]
 pub enum TryAcquireError {
     /// No capacity now (or others are queued first); capacity for this cost
@@ -147,6 +169,10 @@ pub enum TryAcquireError {
     #[error("rate limited: retry after {retry_after:?}")]
     RateLimited {
         /// How long until the cost could be granted.
+        #[cfg_attr(
+            feature = "serde",
+            serde(serialize_with = "crate::serialize::duration_ms")
+        )]
         retry_after: Duration,
     },
     /// The limiter is closed.
@@ -162,6 +188,10 @@ pub enum TryAcquireError {
         /// The quota's `max`.
         max: u64,
         /// The quota's window.
+        #[cfg_attr(
+            feature = "serde",
+            serde(serialize_with = "crate::serialize::duration_ms")
+        )]
         window: Duration,
     },
     /// The store that holds a shared limiter's log (Redis) did not answer in

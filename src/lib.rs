@@ -104,6 +104,46 @@
 //! # }
 //! ```
 //!
+//! One limit per key (an API key, a user, an address), each key a strict
+//! window of its own, made on first use and evicted once idle, with a cap on
+//! live keys ([`KeyedRateLimiter`]):
+//!
+//! ```
+//! use std::time::Duration;
+//! use paceline::{KeyedError, KeyedRateLimiter, Quota};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let limiter = KeyedRateLimiter::<String>::builder()
+//!     .quota(Quota::per_minute(60)?)
+//!     .max_keys(10_000)
+//!     .build()?;
+//! limiter.acquire("alice").await?;
+//! match limiter.try_acquire("bob") {
+//!     Ok(_) => {}                                             // call on bob's behalf
+//!     Err(KeyedError::Limiter(refused)) => println!("bob: retry in {:?}", refused.retry_after()),
+//!     Err(KeyedError::TooManyKeys { .. }) => println!("too many clients at once"),
+//!     Err(other) => return Err(other.into()),
+//! }
+//! assert_eq!(limiter.len(), 2);
+//! # Ok(()) }
+//! ```
+//!
+//! # Features
+//!
+//! - `tower`: the `paceline::tower` module, a tower `Layer` and `Service`
+//!   that acquire from any [`Limiter`] before each call, and their keyed
+//!   variant with a key extractor (for axum, tonic, hyper).
+//! - `serde`: `Serialize` for [`Stats`], [`KeyedStats`], the executor's
+//!   [`ExecutorStats`] and [`JobReport`]s, and the errors they hold, so that a
+//!   health endpoint can return them as JSON. Durations are milliseconds
+//!   (floats); instants, which mean nothing outside the process, are the
+//!   signed milliseconds from the moment of serialising (a pause ending in
+//!   1.5 s is `1500.0`, a job that ended 2 s ago `-2000.0`). Field names are
+//!   the Rust ones.
+//! - `redis`: `paceline::redis`, a limiter whose quotas live in Redis, shared
+//!   by many processes.
+//!
 //! # Clock and fast lane
 //!
 //! A limiter's instants are [`tokio::time::Instant`]s: tokio's virtual clock
@@ -131,12 +171,17 @@
 mod bounded;
 mod error;
 mod executor;
+mod keyed;
 mod limit;
 mod limiter;
 mod quota;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "serde")]
+mod serialize;
 mod stats;
+#[cfg(feature = "tower")]
+pub mod tower;
 
 pub use bounded::{BoundedMap, BoundedMapExt, bounded_map};
 pub use error::{AcquireError, ConfigError, TryAcquireError};
@@ -145,6 +190,7 @@ pub use executor::{
     ItemError, ItemOutcome, Jitter, JobHandle, JobId, JobReport, JobStatus, JobStream, JobSummary,
     RetryPolicy, ShutdownReport, SubmitError, Workload,
 };
+pub use keyed::{KeyedError, KeyedRateLimiter, KeyedRateLimiterBuilder, KeyedStats};
 pub use limit::Limiter;
 pub use limiter::{Acquire, Grant, RateLimiter, RateLimiterBuilder};
 pub use quota::{Cost, Quota, Unit};

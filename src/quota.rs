@@ -23,6 +23,11 @@ use crate::error::ConfigError;
 /// # Ok::<(), paceline::ConfigError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize),
+    serde(rename_all = "snake_case")
+)]
 pub enum Unit {
     /// Each grant counts its number of requests (the default).
     #[default]
@@ -63,8 +68,13 @@ impl fmt::Display for Unit {
 /// # Ok::<(), ConfigError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Quota {
     max: u64,
+    #[cfg_attr(
+        feature = "serde",
+        serde(serialize_with = "crate::serialize::duration_ms")
+    )]
     window: Duration,
     unit: Unit,
 }
@@ -270,6 +280,7 @@ impl fmt::Display for Quota {
 /// assert_eq!(Cost::default(), Cost::requests(1));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Cost {
     /// Requests spent.
     pub requests: u64,

@@ -25,6 +25,7 @@ use crate::quota::Quota;
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct QuotaStats {
     /// The quota.
     pub quota: Quota,
@@ -63,6 +64,7 @@ pub struct QuotaStats {
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Stats {
     /// Units granted in the current window of the first quota.
     pub in_window: u64,
@@ -79,8 +81,16 @@ pub struct Stats {
     /// Grants that had to wait in the queue first.
     pub waited: u64,
     /// The total time those grants waited.
+    #[cfg_attr(
+        feature = "serde",
+        serde(serialize_with = "crate::serialize::duration_ms")
+    )]
     pub wait_time: Duration,
     /// No grant comes before this instant (a pause after a 429), if in force.
+    #[cfg_attr(
+        feature = "serde",
+        serde(serialize_with = "crate::serialize::option_instant_ms")
+    )]
     pub paused_until: Option<Instant>,
     /// Whether the limiter is closed.
     pub closed: bool,

@@ -723,6 +723,7 @@ impl<W: Workload> Executor<W> {
 /// assert_eq!(report.cancelled_jobs, 0);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct ShutdownReport {
     /// Jobs still unfinished when the grace period ended, now cancelled.
     pub cancelled_jobs: usize,
@@ -734,6 +735,7 @@ pub struct ShutdownReport {
 ///
 /// See [`Executor::stats`].
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct ExecutorStats {
     /// Jobs submitted and not admitted yet.
     pub jobs_waiting: usize,
@@ -755,6 +757,7 @@ pub struct ExecutorStats {
 ///
 /// See [`Executor::stats`].
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct ClassStats {
     /// The class, as `Debug` shows it.
     pub class: String,

@@ -16,6 +16,7 @@ use crate::error::AcquireError;
 /// assert_eq!(JobId(7).to_string(), "job-7");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct JobId(pub u64);
 
 impl fmt::Display for JobId {
@@ -34,6 +35,11 @@ impl fmt::Display for JobId {
 /// assert_eq!(err.to_string(), "the job timed out before the item finished");
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize),
+    serde(rename_all = "snake_case")
+)]
 #[non_exhaustive]
 pub enum ItemError<E> {
     /// The workload's error: fatal, or the last of the attempts.
@@ -45,6 +51,10 @@ pub enum ItemError<E> {
         /// The last error.
         error: E,
         /// The server's retry delay.
+        #[cfg_attr(
+            feature = "serde",
+            serde(serialize_with = "crate::serialize::duration_ms")
+        )]
         retry_after: Duration,
     },
     /// The server answered "rate limited" more times than the policy allows.
@@ -57,7 +67,13 @@ pub enum ItemError<E> {
     },
     /// The last attempt ran past the item timeout.
     #[error("the item's attempt timed out after {0:?}")]
-    AttemptTimedOut(Duration),
+    AttemptTimedOut(
+        #[cfg_attr(
+            feature = "serde",
+            serde(serialize_with = "crate::serialize::duration_ms")
+        )]
+        Duration,
+    ),
     /// The job's timeout struck first: the item was stopped or never started.
     #[error("the job timed out before the item finished")]
     JobTimedOut,
@@ -88,6 +104,7 @@ pub enum ItemError<E> {
 /// # }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct ItemOutcome<O, E> {
     /// The item's position in its job.
     pub index: usize,
@@ -98,10 +115,22 @@ pub struct ItemOutcome<O, E> {
     /// Rate-limited answers received.
     pub rate_limited: u32,
     /// Time spent waiting for the limiter, over all attempts.
+    #[cfg_attr(
+        feature = "serde",
+        serde(serialize_with = "crate::serialize::duration_ms")
+    )]
     pub limiter_wait: Duration,
     /// When it started (`None`: it never did).
+    #[cfg_attr(
+        feature = "serde",
+        serde(serialize_with = "crate::serialize::option_instant_ms")
+    )]
     pub started_at: Option<Instant>,
     /// When it ended.
+    #[cfg_attr(
+        feature = "serde",
+        serde(serialize_with = "crate::serialize::instant_ms")
+    )]
     pub finished_at: Instant,
 }
 
@@ -115,6 +144,11 @@ pub struct ItemOutcome<O, E> {
 /// assert!(!JobStatus::TimedOut.is_success());
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize),
+    serde(rename_all = "snake_case")
+)]
 pub enum JobStatus {
     /// Every item succeeded.
     Completed,
@@ -151,6 +185,7 @@ impl JobStatus {
 /// # }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct JobReport<O, E> {
     /// The job.
     pub id: JobId,
@@ -159,10 +194,22 @@ pub struct JobReport<O, E> {
     /// Every item's outcome, in input order.
     pub items: Vec<ItemOutcome<O, E>>,
     /// When it was submitted.
+    #[cfg_attr(
+        feature = "serde",
+        serde(serialize_with = "crate::serialize::instant_ms")
+    )]
     pub submitted_at: Instant,
     /// When it was admitted (`None`: never).
+    #[cfg_attr(
+        feature = "serde",
+        serde(serialize_with = "crate::serialize::option_instant_ms")
+    )]
     pub started_at: Option<Instant>,
     /// When its last item ended.
+    #[cfg_attr(
+        feature = "serde",
+        serde(serialize_with = "crate::serialize::instant_ms")
+    )]
     pub finished_at: Instant,
 }
 
@@ -235,6 +282,7 @@ impl<O, E> JobReport<O, E> {
 /// # }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct JobSummary {
     /// The job.
     pub id: JobId,
@@ -249,9 +297,21 @@ pub struct JobSummary {
     /// Rate-limited answers over all items.
     pub rate_limited: u64,
     /// When it was submitted.
+    #[cfg_attr(
+        feature = "serde",
+        serde(serialize_with = "crate::serialize::instant_ms")
+    )]
     pub submitted_at: Instant,
     /// When it was admitted.
+    #[cfg_attr(
+        feature = "serde",
+        serde(serialize_with = "crate::serialize::option_instant_ms")
+    )]
     pub started_at: Option<Instant>,
     /// When it ended.
+    #[cfg_attr(
+        feature = "serde",
+        serde(serialize_with = "crate::serialize::instant_ms")
+    )]
     pub finished_at: Instant,
 }

@@ -57,6 +57,15 @@ impl Clock {
         }
     }
 
+    /// A clock for another limiter, as this one stands (a paused clock stays
+    /// noticed).
+    pub(crate) fn fork(&self) -> Clock {
+        Clock {
+            counter: self.counter.clone(),
+            paused: AtomicBool::new(self.paused.load(Ordering::Relaxed)),
+        }
+    }
+
     /// The limiter's time now.
     #[inline]
     pub(crate) fn now(&self) -> Instant {

@@ -28,6 +28,9 @@ use crate::stats::Stats;
 /// The longest a fast-lane opening lasts.
 const MAX_OPENING: Duration = Duration::from_millis(1);
 
+/// The lane reopens only when the lock was taken twice within this span.
+const HOT_SPAN: Duration = Duration::from_millis(2);
+
 /// What every handle of one limiter shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -47,6 +50,8 @@ pub(crate) struct Locked<'a> {
     state: MutexGuard<'a, LimiterState>,
     shared: &'a Shared,
     pub(crate) now: Instant,
+    /// Whether the limiter is in use often enough for the lane to pay.
+    hot: bool,
 }
 
 impl Deref for Locked<'_> {
@@ -65,6 +70,9 @@ impl DerefMut for Locked<'_> {
 
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
+        if !self.hot {
+            return;
+        }
         let Some(counter) = self.shared.clock.counter() else {
             return;
         };
@@ -137,10 +145,12 @@ impl Shared {
             now = state.observe(self.clock.now());
             state.close_lane(sealed.grants, sealed.remaining, now);
         }
+        let hot = state.touch(now, HOT_SPAN);
         Locked {
             state,
             shared: self,
             now,
+            hot,
         }
     }
 
@@ -155,6 +165,17 @@ impl Shared {
     pub(crate) fn clock_is_paused(&self) -> bool {
         self.clock.is_paused()
     }
+}
+
+/// Whether a limiter could be dropped and made anew without any difference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Idleness {
+    /// Now.
+    Idle,
+    /// From this instant on, unless it is used meanwhile.
+    From(Instant),
+    /// Another handle exists or someone waits: nobody can tell.
+    Busy,
 }
 
 /// A strict sliding-window rate limiter with FIFO waiters.
@@ -282,33 +303,43 @@ impl RateLimiterBuilder {
     /// assert_eq!(RateLimiter::builder().build().unwrap_err(), ConfigError::NoQuota);
     /// ```
     pub fn build(self) -> Result<RateLimiter, ConfigError> {
-        let state = LimiterState::new(&self.quotas)?;
-        let counts_tokens = self.quotas.iter().any(|q| q.unit() == Unit::Tokens);
-        let clock = Clock::detect();
+        RateLimiter::with_quotas(&self.quotas)
+    }
+}
+
+impl RateLimiter {
+    /// A limiter of these quotas (at least one).
+    pub(crate) fn with_quotas(quotas: &[Quota]) -> Result<RateLimiter, ConfigError> {
+        Self::with_quotas_and_clock(quotas, Clock::detect(), lane::shards_for_this_machine())
+    }
+
+    /// A limiter of `quotas` (at least one) with a clock like this one's:
+    /// cheaper than detecting the clock again, for a holder of many limiters.
+    /// Its fast lane has one word: one key of many is seldom granted by
+    /// several threads at once, and shards would cost memory per key.
+    pub(crate) fn sibling(&self, quotas: &[Quota]) -> Result<RateLimiter, ConfigError> {
+        Self::with_quotas_and_clock(quotas, self.shared.clock.fork(), 1)
+    }
+
+    /// `shards`: how many words the fast lane splits its budget between, if
+    /// the quotas let it open at all (one otherwise, which it never uses).
+    fn with_quotas_and_clock(
+        quotas: &[Quota],
+        clock: Clock,
+        shards: usize,
+    ) -> Result<RateLimiter, ConfigError> {
+        let state = LimiterState::new(quotas)?;
+        let counts_tokens = quotas.iter().any(|q| q.unit() == Unit::Tokens);
+        let shards = if state.lane_capable() { shards } else { 1 };
         Ok(RateLimiter {
             shared: Arc::new(Shared {
                 state: Mutex::new(state),
                 origin: clock.now(),
                 clock,
-                lane: Lane::new(lane_shards(&self.quotas)),
+                lane: Lane::new(shards),
                 counts_tokens,
             }),
         })
-    }
-}
-
-/// The fast lane's shards: one per thread likely to grant at once, where the
-/// lane can open (every request quota above 1,024 per window: those coalesce),
-/// and one otherwise, which it never uses.
-fn lane_shards(quotas: &[Quota]) -> usize {
-    let coalescing = quotas
-        .iter()
-        .filter(|q| q.unit() == Unit::Requests)
-        .all(|q| q.max() > window::EXACT_MAX);
-    if coalescing {
-        lane::shards_for_this_machine()
-    } else {
-        1
     }
 }
 
@@ -555,8 +586,11 @@ impl RateLimiter {
         }
         let mut state = self.shared.lock();
         let now = state.now;
+        // Only a limiter that could open the lane needs to know whether
+        // tokio's clock was paused since.
+        let lane_capable = state.lane_capable();
         let at = state.try_acquire(cost, now).inspect_err(|err| {
-            if matches!(err, TryAcquireError::RateLimited { .. }) {
+            if lane_capable && matches!(err, TryAcquireError::RateLimited { .. }) {
                 self.shared.notice_pause();
             }
         })?;
@@ -758,6 +792,31 @@ impl RateLimiter {
     /// ```
     pub fn is_closed(&self) -> bool {
         self.shared.state.lock().is_closed()
+    }
+
+    /// Counts these grants (oldest first) as made by this limiter, and
+    /// `granted` as its number of grants so far. For a limiter made to take
+    /// over from a lighter record of the same quotas.
+    pub(crate) fn seed(&self, grants: impl IntoIterator<Item = Instant>, granted: u64) {
+        let mut state = self.shared.lock();
+        state.seed(grants, granted);
+    }
+
+    /// For a holder of many limiters (the keyed limiter): whether the
+    /// limiter holds nothing that a new one would not (no grant that still
+    /// counts, no pause, no waiter) and this handle is the only one, so that
+    /// dropping it loses nothing; if not, from when it could be so.
+    pub(crate) fn idleness(&self) -> Idleness {
+        if Arc::strong_count(&self.shared) > 1 {
+            return Idleness::Busy;
+        }
+        let mut state = self.shared.lock();
+        let now = state.now;
+        match state.idle_at(now) {
+            None => Idleness::Busy,
+            Some(at) if at <= now => Idleness::Idle,
+            Some(at) => Idleness::From(at),
+        }
     }
 
     fn update<T>(&self, f: impl FnOnce(&mut LimiterState, Instant, &mut WakeList) -> T) -> T {

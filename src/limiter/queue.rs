@@ -58,6 +58,8 @@ pub(crate) struct WaiterQueue {
     head: u32,
     tail: u32,
     waiting: usize,
+    /// Slots in use: waiting, or holding an outcome for their future.
+    used: usize,
 }
 
 impl Default for WaiterQueue {
@@ -68,6 +70,7 @@ impl Default for WaiterQueue {
             head: NIL,
             tail: NIL,
             waiting: 0,
+            used: 0,
         }
     }
 }
@@ -81,6 +84,12 @@ impl WaiterQueue {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.waiting == 0
+    }
+
+    /// Whether a waiter out of the queue still holds its slot (an outcome its
+    /// future has not taken).
+    pub(crate) fn has_outcomes(&self) -> bool {
+        self.used > self.waiting
     }
 
     /// The first waiter in the queue.
@@ -131,6 +140,7 @@ impl WaiterQueue {
         }
         self.tail = index;
         self.waiting += 1;
+        self.used += 1;
         WaiterKey(index)
     }
 
@@ -190,6 +200,7 @@ impl WaiterQueue {
             },
         );
         self.free = key.0;
+        self.used -= 1;
         match slot {
             Slot::Used(waiter) => waiter,
             Slot::Free { .. } => unreachable!("a waiter key outlived its slot"),
@@ -231,8 +242,12 @@ mod tests {
         assert_eq!(q.head(), Some(keys[3]));
         q.remove(keys[1]);
         q.remove(keys[3]);
+        assert!(!q.has_outcomes());
+        q.unlink(six, WaiterStatus::Closed);
+        assert!(q.has_outcomes());
         q.remove(six);
         assert!(q.is_empty());
+        assert!(!q.has_outcomes());
         assert_eq!(q.head(), None);
     }
 

@@ -86,10 +86,68 @@ pub(crate) enum WaiterPoll {
     Waiting { wake_at: Option<Instant> },
 }
 
+/// The windows of a limiter's quotas. The first is held in place, so that
+/// a limiter of one quota (a keyed limiter's usual key) reaches its window
+/// without following another pointer.
+#[derive(Debug)]
+enum Windows {
+    One(SlidingWindow),
+    Many(Vec<SlidingWindow>),
+}
+
+impl Windows {
+    fn new(quotas: &[Quota]) -> Self {
+        match quotas {
+            [quota] => Windows::One(SlidingWindow::new(*quota)),
+            _ => Windows::Many(quotas.iter().copied().map(SlidingWindow::new).collect()),
+        }
+    }
+}
+
+impl std::ops::Deref for Windows {
+    type Target = [SlidingWindow];
+
+    #[inline]
+    fn deref(&self) -> &[SlidingWindow] {
+        match self {
+            Windows::One(window) => std::slice::from_ref(window),
+            Windows::Many(windows) => windows,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Windows {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut [SlidingWindow] {
+        match self {
+            Windows::One(window) => std::slice::from_mut(window),
+            Windows::Many(windows) => windows,
+        }
+    }
+}
+
+impl<'a> IntoIterator for &'a Windows {
+    type Item = &'a SlidingWindow;
+    type IntoIter = std::slice::Iter<'a, SlidingWindow>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a mut Windows {
+    type Item = &'a mut SlidingWindow;
+    type IntoIter = std::slice::IterMut<'a, SlidingWindow>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter_mut()
+    }
+}
+
 /// The state of one limiter.
 #[derive(Debug)]
 pub(crate) struct LimiterState {
-    windows: Vec<SlidingWindow>,
+    windows: Windows,
     queue: WaiterQueue,
     paused_until: Option<Instant>,
     closed: bool,
@@ -99,6 +157,13 @@ pub(crate) struct LimiterState {
     wait_time: Duration,
     /// Reused buffers for projections, one per quota.
     scratch: Vec<Vec<(Instant, u64)>>,
+    /// Whether the quotas let the fast lane open at all (every request quota
+    /// coalesces by at least [`MIN_LANE_STEP`]): when they do not, nothing
+    /// reads the clock again to try.
+    lane_capable: bool,
+    /// When the lock was last taken: the lane reopens only for a limiter in
+    /// use often enough to take from it.
+    last_locked: Option<Instant>,
     /// The budget handed to the fast lane when it last opened.
     lane_issued: u64,
     /// While the lane is open: until when it grants.
@@ -111,7 +176,8 @@ impl LimiterState {
             return Err(ConfigError::NoQuota);
         }
         Ok(LimiterState {
-            windows: quotas.iter().copied().map(SlidingWindow::new).collect(),
+            lane_capable: lane_capable(quotas.iter()),
+            windows: Windows::new(quotas),
             queue: WaiterQueue::default(),
             paused_until: None,
             closed: false,
@@ -120,6 +186,7 @@ impl LimiterState {
             waited: 0,
             wait_time: Duration::ZERO,
             scratch: vec![Vec::new(); quotas.len()],
+            last_locked: None,
             lane_issued: 0,
             lane_deadline: None,
         })
@@ -142,9 +209,56 @@ impl LimiterState {
         self.lane_deadline.is_some()
     }
 
+    /// Takes over grants made elsewhere (the keyed limiter's light window),
+    /// oldest first, and the number of grants they stand for.
+    pub(crate) fn seed(&mut self, grants: impl IntoIterator<Item = Instant>, granted: u64) {
+        // Oldest first, and none later than the time already observed: the
+        // log stays in order without clamping them to now.
+        for at in grants {
+            for window in &mut self.windows {
+                window.record(Cost::requests(1).amount(window.quota().unit()), at);
+            }
+        }
+        self.granted = granted;
+    }
+
+    /// Notes a locking at `now`; returns whether the one before came within
+    /// `span`: a limiter locked less often than that would not use an
+    /// opening of the lane before it ran out, and is not worth the clock
+    /// readings an opening costs.
+    pub(crate) fn touch(&mut self, now: Instant, span: Duration) -> bool {
+        let hot = self
+            .last_locked
+            .is_some_and(|last| now.saturating_duration_since(last) < span);
+        self.last_locked = Some(now);
+        hot
+    }
+
+    /// Whether the quotas let the lane open at all.
+    pub(crate) fn lane_capable(&self) -> bool {
+        self.lane_capable
+    }
+
     /// Whether the lane could open at all (cheap: no clock needed).
     pub(crate) fn lane_may_open(&self) -> bool {
-        !self.closed && self.queue.is_empty() && !self.lane_is_open()
+        self.lane_capable && !self.closed && self.queue.is_empty() && !self.lane_is_open()
+    }
+
+    /// From when this limiter holds nothing that a new one would not: no
+    /// waiter, no grant that still counts, no pause. `now` when that is so
+    /// already; `None` while anyone waits.
+    pub(crate) fn idle_at(&mut self, now: Instant) -> Option<Instant> {
+        if !self.queue.is_empty() || self.queue.has_outcomes() {
+            return None;
+        }
+        self.expire(now);
+        let drained = self
+            .windows
+            .iter()
+            .filter_map(SlidingWindow::drained_at)
+            .chain(self.paused_until)
+            .max();
+        Some(drained.map_or(now, |at| at.max(now)))
     }
 
     /// Records what the fast lane granted since it opened, as one grant
@@ -505,6 +619,7 @@ impl LimiterState {
         // not anything looked in between.
         self.expire(now);
         self.windows[index].set_quota(quota);
+        self.lane_capable = lane_capable(self.quotas());
         self.after_reconfigure(now, wake);
         Ok(())
     }
@@ -529,6 +644,7 @@ impl LimiterState {
         for (window, quota) in self.windows.iter_mut().zip(quotas) {
             window.set_quota(*quota);
         }
+        self.lane_capable = lane_capable(self.quotas());
         self.after_reconfigure(now, wake);
         Ok(())
     }
@@ -600,6 +716,20 @@ impl LimiterState {
             quotas,
         }
     }
+}
+
+/// Whether quotas like these can ever open the fast lane: there is a request
+/// quota, and every request quota coalesces by at least [`MIN_LANE_STEP`].
+fn lane_capable<'a>(quotas: impl Iterator<Item = &'a Quota>) -> bool {
+    let mut any = false;
+    for quota in quotas.filter(|q| q.unit() == Unit::Requests) {
+        let probe = SlidingWindow::new(*quota);
+        if probe.resolution() < MIN_LANE_STEP {
+            return false;
+        }
+        any = true;
+    }
+    any
 }
 
 /// One quota's log, copied into a reusable buffer, for projecting the queue

@@ -122,6 +122,17 @@ impl SlidingWindow {
         self.log.iter().map(|e| (e.at, e.amount))
     }
 
+    /// When the last grant remembered stops counting: `None` if nothing
+    /// counts any more (as of the last `expire`).
+    pub(crate) fn drained_at(&self) -> Option<Instant> {
+        if self.in_window == 0 {
+            return None;
+        }
+        self.log
+            .back()
+            .map(|newest| newest.at + self.quota.window())
+    }
+
     /// Forgets the grants that no longer count at `now`.
     #[inline]
     pub(crate) fn expire(&mut self, now: Instant) {
