@@ -176,13 +176,15 @@ impl Lane {
     }
 
     /// Takes `amount` from the calling thread's shard of the budget if the
-    /// lane is open, the shard has room, and `counter` (a reading of the
-    /// time-stamp counter) says the opening has not run out; `elapsed` turns
-    /// two readings into nanoseconds.
+    /// lane is open, the shard has room, `counter` (a reading of the
+    /// time-stamp counter) says the opening has not run out, and the grant's
+    /// instant (in the anchors' nanoseconds) is no later than `not_after`;
+    /// `elapsed` turns two readings into nanoseconds.
     #[inline]
     pub(crate) fn try_take(
         &self,
         amount: u64,
+        not_after: u64,
         counter: impl Fn() -> u64,
         elapsed: impl Fn(u64, u64) -> u64,
     ) -> Option<Taken> {
@@ -216,7 +218,9 @@ impl Lane {
                     taken
                 }
             };
-            if taken.elapsed >= taken.anchor.lasts {
+            if taken.elapsed >= taken.anchor.lasts
+                || taken.anchor.nanos.saturating_add(taken.elapsed) > not_after
+            {
                 return None;
             }
             let remaining = current & REMAINING_MASK;
@@ -279,7 +283,7 @@ mod tests {
     };
 
     fn take(lane: &Lane, amount: u64, at: u64) -> bool {
-        lane.try_take(amount, || at, |from, to| to.saturating_sub(from))
+        lane.try_take(amount, u64::MAX, || at, |from, to| to.saturating_sub(from))
             .is_some()
     }
 
@@ -289,7 +293,9 @@ mod tests {
         assert!(!take(&lane, 1, 1_000), "closed at first");
         lane.open(5, ANCHOR);
         assert!(take(&lane, 3, 1_010));
-        let taken = lane.try_take(2, || 1_099, |from, to| to - from).unwrap();
+        let taken = lane
+            .try_take(2, u64::MAX, || 1_099, |from, to| to - from)
+            .unwrap();
         assert_eq!(
             taken,
             Taken {
@@ -316,6 +322,20 @@ mod tests {
             }
         );
         assert!(!take(&lane, 0, 1_050), "sealed");
+    }
+
+    #[test]
+    fn a_grant_after_its_deadline_is_not_taken() {
+        let lane = Lane::default();
+        lane.open(5, ANCHOR);
+        // The anchor's nanoseconds are 0: a reading 30 in is instant 30.
+        let at = |not_after| {
+            lane.try_take(1, not_after, || 1_030, |from, to| to - from)
+                .is_some()
+        };
+        assert!(!at(29), "instant 30 is past 29");
+        assert!(at(30));
+        assert_eq!(lane.seal().grants, 1);
     }
 
     #[test]

@@ -69,9 +69,12 @@ impl Harness {
     }
 
     fn take(&mut self, amount: u64, nanos: u64) {
-        let taken = self
-            .lane
-            .try_take(amount, || nanos, |from, to| to.saturating_sub(from));
+        let taken = self.lane.try_take(
+            amount,
+            u64::MAX,
+            || nanos,
+            |from, to| to.saturating_sub(from),
+        );
         if taken.is_some() {
             self.grants.push((self.at(nanos), amount));
             return;

@@ -116,14 +116,19 @@ impl Shared {
         if cost.tokens > 0 && self.counts_tokens {
             return None;
         }
-        // A grant past a deadline could not be given back: those take the
-        // lock, which dates the grant before deciding.
-        if deadline.is_some() {
-            return None;
-        }
+        // A grant past a deadline could not be given back: the lane checks
+        // the grant's instant against it before taking.
+        let not_after = match deadline {
+            None => u64::MAX,
+            Some(deadline) => {
+                let since = deadline.checked_duration_since(self.origin)?;
+                u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
+            }
+        };
         let counter = self.clock.counter()?;
         let taken = self.lane.try_take(
             cost.requests,
+            not_after,
             || counter.raw(),
             |from, to| counter.delta_as_nanos(from, to),
         )?;
