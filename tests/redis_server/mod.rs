@@ -58,9 +58,11 @@ impl RedisServer {
             if server.answers() {
                 return Some(server);
             }
-            if let Some(child) = server.child.as_mut()
-                && child.try_wait().ok().flatten().is_some()
-            {
+            let exited = server
+                .child
+                .as_mut()
+                .is_some_and(|child| child.try_wait().ok().flatten().is_some());
+            if exited {
                 server.child = None;
                 return None;
             }
