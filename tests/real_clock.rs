@@ -2,6 +2,7 @@
 //! lock-free fast lane. No assertion here depends on timing: the window is a
 //! minute long and each test runs in milliseconds.
 
+use std::future::Future;
 use std::pin::pin;
 use std::time::Duration;
 
@@ -188,4 +189,32 @@ fn a_waiter_whose_deadline_comes_first_fails_at_the_deadline_not_before() {
         assert!(tokio::time::Instant::now() >= deadline);
     });
     assert_eq!(limiter.stats().queued, 0);
+}
+
+/// A waiter polled in its last two milliseconds by one waker and then by
+/// another (a `select!` moving it between tasks) is woken through the second.
+#[test]
+fn a_waiter_polled_again_with_another_waker_is_still_woken() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let limiter = RateLimiter::new(1, Duration::from_millis(50)).unwrap();
+    rt.block_on(async {
+        let first = limiter.acquire().await.unwrap().granted_at();
+        let mut second = pin!(limiter.acquire());
+        // Into the last stretch of the wait, then one poll with a waker
+        // that wakes nobody.
+        std::thread::sleep(Duration::from_micros(48_800));
+        let mut noop = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(second.as_mut().poll(&mut noop).is_pending());
+        let granted = tokio::time::timeout(Duration::from_secs(5), second)
+            .await
+            .expect("woken through the second waker")
+            .unwrap();
+        assert!(granted.granted_at() >= first + Duration::from_millis(50));
+        // Woken by the fine timer, not by the timeout's own timer firing
+        // five seconds on (which polls the acquire too).
+        assert!(tokio::time::Instant::now() < first + Duration::from_secs(4));
+    });
 }

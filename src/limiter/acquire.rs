@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
 
 use pin_project::{pin_project, pinned_drop};
@@ -189,8 +189,9 @@ pub struct Acquire<'a> {
     progress: Progress,
     #[pin]
     timer: Option<Sleep>,
-    /// The instant handed to the fine timer last, so that it is handed once.
-    fine_at: Option<Instant>,
+    /// The instant handed to the fine timer last, and the waker it will
+    /// wake, so that each is handed once.
+    fine: Option<(Instant, Waker)>,
 }
 
 impl std::fmt::Debug for Acquire<'_> {
@@ -211,7 +212,7 @@ impl<'a> Acquire<'a> {
             deadline,
             progress: Progress::New,
             timer: None,
-            fine_at: None,
+            fine: None,
         }
     }
 }
@@ -282,12 +283,18 @@ impl Future for Acquire<'_> {
                     let left = at.saturating_duration_since(now);
                     if !this.shared.clock_is_paused() && !left.is_zero() {
                         if left <= fine_timer::LEAD {
-                            if *this.fine_at != Some(at)
-                                && fine_timer::wake_at(at.into_std(), cx.waker())
+                            let handed = this.fine.as_ref().is_some_and(|(fine_at, waker)| {
+                                *fine_at == at && waker.will_wake(cx.waker())
+                            });
+                            // The fine timer runs on the system's clock: it is
+                            // given the time left, not tokio's instant (which
+                            // can run ahead of it after a paused stretch).
+                            if handed
+                                || fine_timer::wake_at(std::time::Instant::now() + left, cx.waker())
                             {
-                                *this.fine_at = Some(at);
-                            }
-                            if *this.fine_at == Some(at) {
+                                if !handed {
+                                    *this.fine = Some((at, cx.waker().clone()));
+                                }
                                 return Poll::Pending;
                             }
                         } else {

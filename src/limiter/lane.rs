@@ -25,15 +25,16 @@
 //! coalescing's: a grant may count up to one step longer than it should.
 //!
 //! One word holds whether the lane is open (the top bit), the opening's
-//! generation (12 bits), the number of grants taken (19 bits) and the budget
-//! left (the low 32 bits), so that taking is a single compare-and-swap. A
+//! generation (18 bits), the number of grants taken (17 bits) and the budget
+//! left (the low 28 bits), so that taking is a single compare-and-swap. A
 //! caller reads the counter (the instant of its grant), loads the word, then
 //! the opening's anchor, and swaps (a reading older than the opening measures
 //! as none, dating the grant at the opening): the swap succeeds only if the
 //! word is unchanged, that is, if the lane was neither sealed nor reopened
 //! meanwhile (the generation tells one opening from the next even when their
-//! budgets are equal), so the anchor it measured against is the one of the
-//! opening it takes from.
+//! budgets are equal, for 262,144 openings: a caller stalled that long
+//! between its load and its swap is not a concern), so the anchor it measured
+//! against is the one of the opening it takes from.
 //!
 //! The budget is split between a few such words, the shards, each on cache
 //! lines of its own, and each thread takes from its own shard: threads
@@ -46,14 +47,16 @@
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-const REMAINING_BITS: u32 = 32;
+const REMAINING_BITS: u32 = 28;
 const REMAINING_MASK: u64 = (1 << REMAINING_BITS) - 1;
-const GRANT_BITS: u32 = 19;
+const GRANT_BITS: u32 = 17;
 const GRANTS_SHIFT: u32 = REMAINING_BITS;
 const GRANTS_MASK: u64 = ((1 << GRANT_BITS) - 1) << GRANTS_SHIFT;
 const GENERATION_SHIFT: u32 = REMAINING_BITS + GRANT_BITS;
-const GENERATION_MASK: u64 = ((1 << 12) - 1) << GENERATION_SHIFT;
+const GENERATION_BITS: u32 = 18;
+const GENERATION_MASK: u64 = ((1 << GENERATION_BITS) - 1) << GENERATION_SHIFT;
 const OPEN: u64 = 1 << 63;
+const _: () = assert!(REMAINING_BITS + GRANT_BITS + GENERATION_BITS == 63);
 const MAX_GRANTS: u64 = (1 << GRANT_BITS) - 1;
 
 /// The largest budget one opening of the lane holds.

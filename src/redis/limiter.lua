@@ -11,7 +11,9 @@
 -- end of the pause; "l" the latest slot given (FIFO: nobody is placed before
 -- it); "x" the instant every key is set to expire at; per quota i, "s<i>" the
 -- cost its log holds, "k<i>" where its coalescing has got to and "o<i>" its
--- oldest instant. It is read once (HMGET) and written once (HSET) per call.
+-- oldest instant; and "t:<id>" for a reservation dropped because its cost no
+-- longer fits (until its waiter hears of it). It is read once (HMGET) and
+-- written once (HSET) per call.
 --
 -- Every instant is in microseconds of this server's clock (TIME): clients'
 -- clocks never enter. Numbers are written back with %d so that Lua's 14-digit
@@ -106,7 +108,7 @@ end
 -- reaches far enough) and nobody ahead. It decides exactly as the full path
 -- below would, with four commands and none of the full path's helpers, which
 -- cost more to set up than the commands themselves.
-if op == 'acquire' and not text_dirty and num.x and (num.p or 0) <= now and (num.l or 0) <= now
+if op == 'acquire' and not text_dirty and num.x and (num.p or 0) <= now and (num.l or -1) < now
     and num.x >= now + longest + 1000000 then
   local requests, tokens = tonumber(ARGV[3]), tonumber(ARGV[4])
   local c, fits = {}, true
@@ -293,7 +295,9 @@ end
 -- would come after max_wait; nothing reserved); 3: the cost exceeds quota index.
 -- For cancel, status is the number of logs the reservation was removed from.
 local function reply(status, wait, index, slot)
-  if not num.x then keep_alive(now) end
+  -- Cheap when nothing changes: a window grown by a new quota, or a new
+  -- pause, moves the expiry here.
+  keep_alive(math.max(num.l or 0, now))
   save()
   local other = ''
   if cfg ~= ARGV[2] then other = cfg end
@@ -335,7 +339,9 @@ local function reserve(id, c, max_wait)
   end
   local slot = now
   if pause_end() > slot then slot = pause_end() end
-  if (num.l or 0) > slot then slot = num.l end
+  -- After everyone placed before, and strictly so: no two reservations share
+  -- an instant, and the log's order is the order of arrival.
+  if (num.l or -1) >= slot then slot = num.l + 1 end
   for i = 1, n do
     if c[i] > 0 then
       local room = earliest_room(i, c[i])
@@ -444,6 +450,7 @@ local function reschedule()
   end
   local p = pause_end()
   local function place(entry, slot)
+    slot = slot + 1
     if entry.score > slot then slot = entry.score end
     if p > slot then slot = p end
     for i = 1, n do
@@ -463,14 +470,19 @@ local function reschedule()
     return slot
   end
   -- A reservation whose cost no longer fits a quota (after a downgrade) is
-  -- not placed again: its waiter learns it when it confirms.
+  -- not placed again, and leaves a tombstone: its waiter learns it when it
+  -- confirms, even if the quota has grown back by then.
   local slot = now
   for _, entry in ipairs(order) do
     local fits = true
     for i = 1, n do
       if entry.c[i] > quotas[i].max then fits = false end
     end
-    if fits then slot = place(entry, slot) end
+    if fits then
+      slot = place(entry, slot)
+    else
+      redis.call('HSET', meta, 't:' .. entry.id, fmt(entry.score))
+    end
   end
   recompute_latest()
   keep_alive(slot)
@@ -482,11 +494,13 @@ if op == 'acquire' then
   return reserve(ARGV[5], costs(tonumber(ARGV[3]), tonumber(ARGV[4])), tonumber(ARGV[6]))
 elseif op == 'confirm' then
   -- ARGV: op, cfg, requests, tokens, id, max_wait, slot, epoch. Called when a
-  -- reservation's slot has come. It may have been moved later meanwhile (a
-  -- pause, a smaller quota): then the waiter waits again, unless that is
-  -- past its deadline. Gone with the server's data (another epoch), it is
-  -- reserved again, behind the others. Under the same epoch a reservation
-  -- missing from the log was coalesced: it is still counted, at its slot.
+  -- reservation's slot has come (or its waiter heard of a change). It may
+  -- have been moved later meanwhile (a pause, a smaller quota): then the
+  -- waiter waits again, unless that is past its deadline. Its slot passed,
+  -- it is granted: a pause set since does not undo a grant made before it.
+  -- Not found, it is reserved again, behind the others (and counted anew):
+  -- unless its quota coalesces and its slot lies in a bucket merged since,
+  -- still in the window, where it is counted already.
   prepare()
   local c = costs(tonumber(ARGV[3]), tonumber(ARGV[4]))
   local id = ARGV[5]
@@ -499,20 +513,23 @@ elseif op == 'confirm' then
   end
   local score = nil
   if ARGV[8] == epoch then
-    score = tonumber(ARGV[7])
+    local slot = tonumber(ARGV[7])
     for i = 1, n do
       if c[i] > 0 then
-        local s = redis.call('ZSCORE', KEYS[i + 1], member_of(id, c[i]))
-        if s then score = tonumber(s) end
+        local found = redis.call('ZSCORE', KEYS[i + 1], member_of(id, c[i]))
+        if found then
+          score = tonumber(found)
+        elseif redis.call('HDEL', meta, 't:' .. id) == 1 then
+          score = nil
+        elseif resolution(quotas[i]) > 0 and slot < (num[K[i]] or 0)
+            and slot > now - quotas[i].win then
+          score = slot
+        end
         break
       end
     end
   end
   if not score then
-    return reserve(id, c, max_wait)
-  end
-  if pause_end() > score then
-    remove(id, c, false)
     return reserve(id, c, max_wait)
   end
   if score <= now then return reply(0, 0, 0, score) end
@@ -525,6 +542,7 @@ elseif op == 'cancel' then
   -- ARGV: op, cfg, requests, tokens, id
   load_sums()
   local removed = remove(ARGV[5], costs(tonumber(ARGV[3]), tonumber(ARGV[4])), true)
+  redis.call('HDEL', meta, 't:' .. ARGV[5])
   return reply(removed, 0, 0, now)
 elseif op == 'pause' then
   -- ARGV: op, cfg, duration (us)
@@ -550,7 +568,7 @@ elseif op == 'stats' then
     local queued = redis.call('ZCOUNT', key, '(' .. fmt(now), '+inf')
     out[i] = fmt(in_window) .. ',' .. fmt(sums[i]) .. ',' .. fmt(queued)
   end
-  if not num.x then keep_alive(now) end
+  keep_alive(math.max(num.l or 0, now))
   save()
   local p = pause_end() - now
   if p < 0 then p = 0 end

@@ -22,7 +22,8 @@
 //! - **FIFO** is by arrival at Redis, over every process.
 //! - **A pause** (one process heard 429) holds every process: reservations
 //!   already made are moved past it, in their order, ahead of later
-//!   arrivals; a waiter learns its new slot when it confirms the old one.
+//!   arrivals; a waiter learns its new slot when it confirms the old one. A
+//!   grant whose slot came before the pause was set stands.
 //! - **A new quota** applies to the reservations already made at once: after
 //!   a downgrade they are moved later (in order) so the window holds for the
 //!   new quota, and a queued cost above the new `max` fails. Reservations are
@@ -32,7 +33,12 @@
 //! - **A cancelled reservation** frees its capacity for acquires made after
 //!   it; waiters already scheduled keep their slots.
 //! - **A deadline** is checked when the slot is reserved and again whenever
-//!   the slot moves: a slot moved past it fails the acquire at once.
+//!   the waiter learns that its slot moved: at once in the process that set
+//!   the pause or the quotas (or that hears of new quotas in any answer from
+//!   Redis), otherwise when it confirms its old slot.
+//! - **Time is Redis's.** Slots are instants of the Redis server's clock, so
+//!   this limiter runs in real time even under tokio's paused clock (where a
+//!   wait becomes a series of confirmations until Redis's time comes).
 //!
 //! Keys are `{prefix:name}:meta` (a hash: the quotas, the pause, counts) and
 //! `{prefix:name}:log:<i>`; the hash tag keeps them in one Redis Cluster slot.
@@ -393,8 +399,8 @@ struct Inner {
     fallback: Option<RateLimiter>,
     down_until: Mutex<Option<Instant>>,
     closed: watch::Sender<bool>,
-    /// Counts the changes of quotas this process has seen, so that its
-    /// waiters confirm their reservations at once.
+    /// Counts the changes of quotas and the pauses this process has seen,
+    /// so that its waiters confirm their reservations at once.
     changed: watch::Sender<u64>,
     /// Makes this process's reservation ids unique among processes.
     tag: String,
@@ -729,6 +735,9 @@ impl RedisRateLimiter {
             .map_err(AcquireError::Unavailable)?;
         self.learn(&reply);
         self.inner.view.lock().paused_until = Some(Instant::now() + reply.wait);
+        self.inner
+            .changed
+            .send_modify(|generation| *generation += 1);
         Ok(())
     }
 
@@ -1163,6 +1172,19 @@ impl RedisRateLimiter {
             }
             None => "-1".to_owned(),
         };
+        // Armed before the call: if the answer is lost (a timeout, a drop)
+        // after Redis reserved a slot, the reservation is still removed.
+        self.inner.waiting.fetch_add(1, Ordering::Relaxed);
+        let mut reservation = Reservation {
+            limiter: self.clone(),
+            id,
+            cost,
+            armed: true,
+        };
+        let mut closed = self.inner.closed.subscribe();
+        // Marked seen before each call, so that a change heard while a call
+        // is on its way wakes the wait that follows.
+        let mut changed = self.inner.changed.subscribe();
         let encoded = self.encoded();
         let mut reply = match self
             .call(&[
@@ -1170,23 +1192,17 @@ impl RedisRateLimiter {
                 &encoded,
                 &requests,
                 &tokens,
-                &id,
+                &reservation.id,
                 &budget(deadline),
             ])
             .await
         {
             Ok(reply) => reply,
-            Err(err) => return self.unavailable(cost, deadline, err).await,
+            Err(err) => {
+                drop(reservation);
+                return self.unavailable(cost, deadline, err).await;
+            }
         };
-        self.inner.waiting.fetch_add(1, Ordering::Relaxed);
-        let mut reservation = Reservation {
-            limiter: self.clone(),
-            id,
-            cost,
-            armed: false,
-        };
-        let mut closed = self.inner.closed.subscribe();
-        let mut changed = self.inner.changed.subscribe();
         loop {
             self.learn(&reply);
             match reply.decision {
@@ -1207,18 +1223,22 @@ impl RedisRateLimiter {
                 Decision::Reserved(wait) => {
                     reservation.armed = true;
                     // Wait for the slot; confirm sooner when the quotas
-                    // change (a cost may no longer fit, a slot may move).
-                    changed.borrow_and_update();
-                    let sleep = std::pin::pin!(tokio::time::sleep(wait));
-                    let close = std::pin::pin!(closed.wait_for(|closed| *closed));
-                    let change = std::pin::pin!(changed.changed());
-                    let woken =
-                        futures::future::select(sleep, futures::future::select(close, change));
-                    if let Either::Right((Either::Left(_), _)) = woken.await {
+                    // change or a pause is set (a cost may no longer fit, a
+                    // slot may move past the deadline).
+                    let was_closed = {
+                        let sleep = std::pin::pin!(tokio::time::sleep(wait));
+                        let close = std::pin::pin!(closed.wait_for(|closed| *closed));
+                        let change = std::pin::pin!(changed.changed());
+                        let woken =
+                            futures::future::select(sleep, futures::future::select(close, change));
+                        matches!(woken.await, Either::Right((Either::Left(_), _)))
+                    };
+                    if was_closed {
                         return Err(AcquireError::Closed);
                     }
                     let slot = reply.slot.to_string();
                     let encoded = self.encoded();
+                    changed.borrow_and_update();
                     let args = [
                         "confirm",
                         &encoded,
