@@ -517,10 +517,11 @@ impl RedisRateLimiter {
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe: dropped while waiting for its slot, the acquire removes its
-    /// reservation from Redis (in a background task), so its capacity is not
-    /// lost to acquires made after that. Dropped while its call to Redis is on
-    /// the way, its grant (if Redis made one) is lost: counted, never used.
+    /// Cancel safe: dropped while waiting for its slot, or while its call to
+    /// Redis is on the way, the acquire removes its reservation from Redis (in
+    /// a background task on the current runtime), so its capacity is not lost
+    /// to acquires made after that. A grant Redis made at once for a call
+    /// whose answer was lost is counted and never used.
     ///
     /// # Examples
     ///
