@@ -397,3 +397,31 @@ async fn several_quotas_hold_per_key() {
     assert_eq!(at, [secs(0), secs(0), secs(1), secs(60)]);
     assert!(limiter.try_acquire("bob").is_ok());
 }
+
+/// Keys whose quota is too large for a light record get a full limiter at
+/// once; a `try_acquire` then goes to it directly, with the same answers,
+/// and the key is still evicted once idle.
+#[tokio::test(start_paused = true)]
+async fn a_key_with_a_large_quota_answers_alike_and_is_evicted_when_idle() {
+    let limiter = keyed(2_000, 1, 10);
+    for _ in 0..2_000 {
+        limiter.try_acquire("alice").unwrap();
+    }
+    let err = limiter.try_acquire("alice").unwrap_err();
+    assert_eq!(err.retry_after(), Some(secs(1)));
+    assert_eq!(limiter.key_stats("alice").unwrap().in_window, 2_000);
+    tokio::time::sleep(ms(999)).await;
+    assert_eq!(limiter.evict_idle(), 0, "its grants still count");
+    assert_eq!(
+        limiter.try_acquire("alice").unwrap_err().retry_after(),
+        Some(ms(1))
+    );
+    tokio::time::sleep(ms(1)).await;
+    assert_eq!(limiter.evict_idle(), 1);
+    assert!(limiter.is_empty());
+    // Made anew, and used through the direct path again after a sweep.
+    limiter.try_acquire("alice").unwrap();
+    assert_eq!(limiter.evict_idle(), 0);
+    limiter.try_acquire("alice").unwrap();
+    assert_eq!(limiter.key_stats("alice").unwrap().in_window, 2);
+}

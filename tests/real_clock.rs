@@ -9,7 +9,7 @@ use std::pin::pin;
 use std::time::Duration;
 
 use futures::poll;
-use paceline::{Cost, Quota, RateLimiter, TryAcquireError, Unit};
+use paceline::{Cost, KeyedRateLimiter, Quota, RateLimiter, TryAcquireError, Unit};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -75,6 +75,35 @@ fn tasks_on_a_multi_thread_runtime_are_all_counted() {
         Err(TryAcquireError::RateLimited { .. })
     ));
     limiter.try_acquire_many(4_000).unwrap();
+}
+
+/// A key over its limit is refused from its gate, on a clock cheaper than
+/// tokio's: a refusal never overstates the wait, and a call made once the
+/// window has moved on is granted.
+#[test]
+fn keyed_refusals_on_a_running_clock_are_exact_enough_to_rely_on() {
+    let window = Duration::from_millis(20);
+    let limiter = KeyedRateLimiter::<u64>::new(1, window).unwrap();
+    let mut first = limiter.try_acquire(&7).unwrap().granted_at();
+    let mut refused = 0u64;
+    let mut granted = 1;
+    while granted < 5 {
+        let asked = tokio::time::Instant::now();
+        match limiter.try_acquire(&7) {
+            Ok(grant) => {
+                assert!(grant.granted_at() >= first + window, "granted early");
+                first = grant.granted_at();
+                granted += 1;
+            }
+            Err(err) => {
+                let retry_after = err.retry_after().expect("rate-limited");
+                assert!(asked < first + window, "refused after the window moved on");
+                assert!(asked + retry_after <= first + window, "overstated");
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused > 0);
 }
 
 #[test]

@@ -21,6 +21,7 @@
 //! so "nobody is queued" holds for every grant it makes.
 
 use std::collections::VecDeque;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -41,8 +42,21 @@ use crate::stats::{QuotaStats, Stats};
 /// else. Only the key's own grants move that instant (a light key has no
 /// queue, no pause and no handle that could change its quota), and only
 /// later. A full slot's gate is 0 (closed to nobody): its limiter decides.
+///
+/// Once the slot is full, the cell also keeps a handle to its limiter
+/// outside the lock, so that a `try_acquire` goes straight to the limiter
+/// (whose fast lane needs no lock) without taking the slot's. The handle is
+/// set again by the next call that takes the lock after a sweep took it
+/// away (a sweep counts the handles out of the map to tell an idle key).
 pub(crate) struct Cell {
+    /// In the map's entry itself, so that a refusal reads no other memory.
     gate: AtomicU64,
+    held: Box<Held>,
+}
+
+/// What a cell holds behind a pointer, to keep the map's entries small.
+struct Held {
+    full: OnceLock<RateLimiter>,
     slot: Mutex<Slot>,
 }
 
@@ -50,39 +64,72 @@ impl Cell {
     pub(crate) fn new(slot: Slot) -> Self {
         Cell {
             gate: AtomicU64::new(0),
-            slot: Mutex::new(slot),
+            held: Box::new(Held {
+                full: OnceLock::new(),
+                slot: Mutex::new(slot),
+            }),
         }
     }
 
-    /// A refusal of `cost` now, if the gate alone tells.
+    /// The key's full limiter, if the slot is full and the handle is set.
     #[inline]
-    pub(crate) fn refuses(&self, origin: Instant, cost: Cost) -> Option<TryAcquireError> {
+    pub(crate) fn full(&self) -> Option<&RateLimiter> {
+        self.held.full.get()
+    }
+
+    /// A refusal of `cost` at `now` (no earlier than the time now), if the
+    /// gate alone tells.
+    #[inline]
+    pub(crate) fn refuses(
+        &self,
+        origin: Instant,
+        cost: Cost,
+        now: impl FnOnce() -> Instant,
+    ) -> Option<TryAcquireError> {
         let gate = self.gate.load(Ordering::Acquire);
         if gate == 0 || cost.requests != 1 {
             return None;
         }
-        let until = origin + Duration::from_nanos(gate);
-        let now = Instant::now();
-        (now < until).then(|| TryAcquireError::RateLimited {
-            retry_after: until - now,
+        let since = now().saturating_duration_since(origin);
+        let until = Duration::from_nanos(gate);
+        (since < until).then(|| TryAcquireError::RateLimited {
+            retry_after: until - since,
         })
     }
 
     /// Runs `f` on the slot under its lock, then sets the gate.
     #[inline]
     pub(crate) fn with<R>(&self, quotas: &[Quota], f: impl FnOnce(&mut Slot) -> R) -> R {
-        let mut slot = self.slot.lock();
+        let mut slot = self.held.slot.lock();
         let result = f(&mut slot);
         self.gate.store(slot.gate(quotas), Ordering::Release);
+        if let Slot::Full(limiter) = &*slot {
+            if self.held.full.get().is_none() {
+                // Only under the lock: nobody else sets it meanwhile.
+                let _ = self.held.full.set(limiter.clone());
+            }
+        }
         result
     }
 
     /// As [`with`](Self::with), with the map's entry held exclusively.
     pub(crate) fn with_mut<R>(&mut self, quotas: &[Quota], f: impl FnOnce(&mut Slot) -> R) -> R {
-        let slot = self.slot.get_mut();
+        let held = &mut *self.held;
+        let slot = held.slot.get_mut();
         let result = f(slot);
         *self.gate.get_mut() = slot.gate(quotas);
+        if let Slot::Full(limiter) = &*slot {
+            held.full.get_or_init(|| limiter.clone());
+        }
         result
+    }
+
+    /// Whether the key can be evicted now; see [`Slot::idleness`]. The
+    /// handle outside the lock is dropped first, so that it does not count
+    /// as a holder (the map's entry is held exclusively: nobody uses it).
+    pub(crate) fn idleness(&mut self, origin: Instant, quotas: &[Quota]) -> Idleness {
+        drop(self.held.full.take());
+        self.held.slot.get_mut().idleness(origin, quotas)
     }
 }
 

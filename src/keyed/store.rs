@@ -5,8 +5,11 @@
 //!
 //! Each key owns a slot in a sharded concurrent map: a light window of its
 //! grants, or its full [`RateLimiter`] (see the `slot` module). An existing
-//! key costs one hash, one shard read lock and the slot's own lock; nothing
-//! else is touched, so keys never wait on one another beyond the shard lock.
+//! key costs one hash and one shard read lock, then: for a light key over
+//! its limit, a read of the gate in the map's entry; for a light key with
+//! room, the slot's own lock; for a full key, its limiter's `try_acquire`
+//! (no lock of the map's). Nothing else is touched, so keys never wait on
+//! one another beyond the shard lock.
 //!
 //! A key is *idle* when dropping its limiter and making a new one later would
 //! change nothing: no grant that still counts in any window, no pause, no
@@ -64,9 +67,9 @@ pub(crate) struct Store<K> {
     /// The shortest window: a key in use now stays live at least this long
     /// once it is granted.
     shortest_window: Duration,
-    /// Boxed cells: the table's entries are a key and a pointer, as small
-    /// as they can be, so that more of the table stays in the caches.
-    map: DashMap<K, Box<Cell>>,
+    /// The table's entries are a key, a gate and a pointer: small, so that
+    /// more of the table stays in the caches.
+    map: DashMap<K, Cell>,
     /// The instant the cells' gates count from.
     origin: Instant,
     max_keys: usize,
@@ -157,8 +160,14 @@ impl<K: Hash + Eq> Store<K> {
     {
         let quotas = &self.quotas;
         if let Some(cell) = self.map.get(key) {
-            if let Some(refused) = cell.refuses(self.origin, cost) {
+            // The gate first: it is in the entry, and closed only while the
+            // slot is light.
+            if let Some(refused) = cell.refuses(self.origin, cost, || self.template.now_or_later())
+            {
                 return Ok(Err(refused));
+            }
+            if let Some(limiter) = cell.full() {
+                return Ok(limiter.try_acquire_cost(cost));
             }
             return Ok(cell.with(quotas, |slot| slot.try_acquire(self.origin, quotas, cost)));
         }
@@ -209,7 +218,7 @@ impl<K: Hash + Eq> Store<K> {
                     return Ok(entry.get_mut().with_mut(&self.quotas, f));
                 }
                 Entry::Vacant(entry) if self.reserve() => {
-                    let mut cell = entry.insert(Box::new(Cell::new(self.new_slot())));
+                    let mut cell = entry.insert(Cell::new(self.new_slot()));
                     return Ok(cell.value_mut().with_mut(&self.quotas, f));
                 }
                 Entry::Vacant(entry) => key = entry.into_key(),
@@ -271,8 +280,8 @@ impl<K: Hash + Eq> Store<K> {
         let mut busy = false;
         let quotas = &self.quotas;
         let origin = self.origin;
-        self.map.retain(|_, cell| {
-            match cell.with_mut(quotas, |slot| slot.idleness(origin, quotas)) {
+        self.map
+            .retain(|_, cell| match cell.idleness(origin, quotas) {
                 Idleness::Idle => {
                     evicted += 1;
                     false
@@ -285,8 +294,7 @@ impl<K: Hash + Eq> Store<K> {
                     busy = true;
                     true
                 }
-            }
-        });
+            });
         self.live.fetch_sub(evicted, Ordering::AcqRel);
         self.evicted.fetch_add(evicted as u64, Ordering::Relaxed);
         let survivors = self.len();
