@@ -225,9 +225,10 @@ fn a_waiter_whose_deadline_comes_first_fails_at_the_deadline_not_before() {
 /// A waiter polled in its last two milliseconds by one waker and then by
 /// another (a `select!` moving it between tasks) is woken through the second.
 ///
-/// Landing a poll inside those two milliseconds takes a real sleep, which a
-/// busy machine may overshoot; an attempt that overshoots finds the grant
-/// already due, proves nothing, and is run again on a fresh limiter.
+/// Landing a poll inside those two milliseconds takes a real sleep and a
+/// short spin, which a busy machine may overshoot; an attempt that overshoots
+/// finds the grant already due, proves nothing, and is run again on a fresh
+/// limiter, for up to a minute.
 #[test]
 fn a_waiter_polled_again_with_another_waker_is_still_woken() {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -235,14 +236,20 @@ fn a_waiter_polled_again_with_another_waker_is_still_woken() {
         .build()
         .unwrap();
     let window = Duration::from_millis(50);
-    let landed = (0..50).any(|_| {
+    let trying = std::time::Instant::now();
+    let mut landed = false;
+    while !landed && trying.elapsed() < MINUTE {
         let limiter = RateLimiter::new(1, window).unwrap();
-        rt.block_on(async {
+        landed = rt.block_on(async {
             let first = limiter.acquire().await.unwrap().granted_at();
             let mut second = pin!(limiter.acquire());
             // Into the last stretch of the wait, then one poll with a waker
             // that wakes nobody.
-            std::thread::sleep(window - Duration::from_micros(1_200));
+            let aim = first + window - Duration::from_micros(1_200);
+            std::thread::sleep(aim.saturating_duration_since(tokio::time::Instant::now()) / 2);
+            while tokio::time::Instant::now() < aim {
+                std::hint::spin_loop();
+            }
             let mut noop = std::task::Context::from_waker(std::task::Waker::noop());
             if second.as_mut().poll(&mut noop).is_ready() {
                 return false;
@@ -256,7 +263,7 @@ fn a_waiter_polled_again_with_another_waker_is_still_woken() {
             // five seconds on (which polls the acquire too).
             assert!(tokio::time::Instant::now() < first + Duration::from_secs(4));
             true
-        })
-    });
+        });
+    }
     assert!(landed, "no attempt polled inside the last two milliseconds");
 }

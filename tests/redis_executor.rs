@@ -15,7 +15,7 @@ use paceline::{ClassConfig, Executor, Failure, Quota, RetryPolicy, Workload};
 use parking_lot::Mutex;
 use redis_server::{RedisServer, micros, most_in_any_window};
 
-const WINDOW: Duration = Duration::from_millis(200);
+const WINDOW: Duration = Duration::from_secs(1);
 const MAX: u64 = 5;
 
 /// Each item is one call; the calls' instants (µs of the system clock, which
@@ -109,16 +109,16 @@ async fn two_executors_share_one_quota_through_redis() {
     );
     let calls: Vec<(u64, u64)> = log.lock().iter().map(|t| (*t, 1)).collect();
     assert_eq!(calls.len(), 20);
-    // Twenty calls at five per 200 ms: four windows, whoever made them. The
+    // Twenty calls at five per second: four windows, whoever made them. The
     // calls are logged when each item ran, a little after its grant, so the
-    // busiest window is counted over 190 ms, allowing 10 ms of that lag.
+    // busiest window is counted over 900 ms, allowing 100 ms of that lag.
     let last = calls.iter().map(|c| c.0).max().unwrap();
     assert!(
-        last - started >= 3 * 200_000,
+        last - started >= 3 * 1_000_000,
         "done after {} µs",
         last - started
     );
-    assert!(most_in_any_window(&calls, 190_000) <= MAX);
+    assert!(most_in_any_window(&calls, 900_000) <= MAX);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -123,13 +123,19 @@ async fn failing_closed_grants_nothing_while_redis_is_down_and_recovers_after_a_
     // restart on, the quota holds again.
     assert_eq!(most_in_any_window(&after, 200_000), 20);
     assert!(!record.failures.is_empty());
+    // A failing acquire may have waited for a slot reserved before the
+    // crash (a window ahead at most), then for the timeout: never more, give
+    // or take a busy machine's scheduling.
+    let slack = ms(1_000);
+    let longest = window + timeout + slack;
+    let longest_micros = u64::try_from(longest.as_micros()).unwrap();
     for (at, took, err) in &record.failures {
         assert!(matches!(err, AcquireError::Unavailable(_)), "{err:?}");
         assert!(
-            *at >= killed - 300_000 && *at < restarted + 1_000_000,
+            *at + longest_micros >= killed && *at < restarted + 1_000_000,
             "a failure at {at}"
         );
-        assert!(*took <= timeout + ms(300), "a failure took {took:?}");
+        assert!(*took <= longest, "a failure took {took:?}");
     }
 }
 
@@ -137,7 +143,7 @@ async fn failing_closed_grants_nothing_while_redis_is_down_and_recovers_after_a_
 async fn a_waiter_whose_redis_dies_fails_at_its_slot_instead_of_hanging() {
     let mut server = RedisServer::start();
     let limiter = RedisRateLimiter::builder(server.url(), "orphan")
-        .quota(Quota::new(1, ms(300)).unwrap())
+        .quota(Quota::new(1, ms(2_000)).unwrap())
         .timeout(ms(200))
         .connect()
         .await
@@ -147,15 +153,19 @@ async fn a_waiter_whose_redis_dies_fails_at_its_slot_instead_of_hanging() {
         let limiter = limiter.clone();
         async move { limiter.acquire().await }
     });
+    let asked = std::time::Instant::now();
     while limiter.snapshot().queued == 0 {
+        assert!(asked.elapsed() < ms(1_500), "the waiter never queued");
         tokio::time::sleep(ms(1)).await;
     }
     let killed = std::time::Instant::now();
     server.kill();
     let err = waiter.await.unwrap().unwrap_err();
     assert!(matches!(err, AcquireError::Unavailable(_)), "{err:?}");
+    // Its slot (2 s at most), then the timeout (200 ms), with room for a
+    // busy machine: an error, not a hang.
     assert!(
-        killed.elapsed() < ms(300 + 200 + 300),
+        killed.elapsed() < ms(2_000 + 200 + 1_500),
         "failed after {:?}",
         killed.elapsed()
     );
@@ -182,7 +192,8 @@ async fn a_script_flush_mid_run_is_survived() {
             .await
             .unwrap();
     }
-    tokio::time::sleep(ms(100)).await;
+    let last_flush = micros(SystemTime::now());
+    tokio::time::sleep(ms(200)).await;
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         task.await.unwrap();
@@ -190,7 +201,13 @@ async fn a_script_flush_mid_run_is_survived() {
     let record = record.lock();
     assert!(record.failures.is_empty(), "{:?}", record.failures);
     let grants: Vec<(u64, u64)> = record.grants.iter().map(|t| (*t, 1)).collect();
-    assert!(grants.len() >= 250, "{} grants in 600 ms", grants.len());
+    // About 350 fit in the run; well over a window's worth came, and some
+    // after the last flush: the script was loaded again each time.
+    assert!(grants.len() >= 150, "{} grants in 700 ms", grants.len());
+    assert!(
+        grants.iter().any(|(t, _)| *t > last_flush),
+        "granted after the last flush"
+    );
     assert_eq!(most_in_any_window(&grants, 100_000), 50);
 }
 
@@ -199,7 +216,7 @@ async fn a_redis_too_slow_to_answer_fails_closed_within_the_timeout() {
     let server = RedisServer::start();
     let timeout = ms(200);
     let limiter = RedisRateLimiter::builder(server.url(), "slow")
-        .quota(Quota::new(10, Duration::from_secs(1)).unwrap())
+        .quota(Quota::new(10, Duration::from_secs(10)).unwrap())
         .timeout(timeout)
         .retry_interval(ms(50))
         .connect()
@@ -217,7 +234,7 @@ async fn a_redis_too_slow_to_answer_fails_closed_within_the_timeout() {
     let started = std::time::Instant::now();
     let err = limiter.acquire().await.unwrap_err();
     assert!(matches!(err, AcquireError::Unavailable(_)), "{err:?}");
-    assert!(started.elapsed() >= timeout && started.elapsed() < timeout + ms(200));
+    assert!(started.elapsed() >= timeout && started.elapsed() < timeout + ms(1_000));
     // Within the retry interval the limiter does not even try.
     assert!(matches!(
         limiter.try_acquire().await,
@@ -249,7 +266,7 @@ async fn a_redis_too_slow_to_answer_fails_closed_within_the_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_local_fallback_grants_its_share_while_redis_is_down_then_hands_back() {
     let mut server = RedisServer::start();
-    let window = Duration::from_secs(2);
+    let window = Duration::from_secs(10);
     let limiter = RedisRateLimiter::builder(server.url(), "fallback")
         .quota(Quota::new(10, window).unwrap())
         .timeout(ms(200))
@@ -268,7 +285,7 @@ async fn the_local_fallback_grants_its_share_while_redis_is_down_then_hands_back
     }
     let err = limiter.try_acquire().await.unwrap_err();
     let retry_after = err.retry_after().expect("rate limited locally");
-    assert!(retry_after > ms(1_500) && retry_after <= window);
+    assert!(retry_after > window - ms(2_000) && retry_after <= window);
     server.restart();
     tokio::time::sleep(ms(300)).await;
     let mut back = None;

@@ -80,8 +80,10 @@ impl Drop for Locked<'_> {
             return;
         }
         // The lane opens now, not when the lock was taken: the time is read
-        // again, before the counter (the opening's instant) and after it (so
-        // that the opening ends no later than one step after both).
+        // again, before the counter (the instant the budget is counted at)
+        // and after it (the instant its grants are measured from, so that a
+        // pause between the two readings dates them late, never early; the
+        // opening still ends no later than one step after both).
         let now = self.state.observe(self.shared.clock.now());
         let raw = counter.raw();
         let after = self.shared.clock.now();
@@ -95,7 +97,7 @@ impl Drop for Locked<'_> {
             .saturating_duration_since(after)
             .min(MAX_OPENING)
             .mul_f64(0.9);
-        let since_origin = now.saturating_duration_since(self.shared.origin);
+        let since_origin = after.saturating_duration_since(self.shared.origin);
         self.shared.lane.open(
             budget,
             lane::Anchor {

@@ -81,18 +81,36 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
-    /// Whether it accepts connections and answers PING.
+    /// Whether it accepts connections and answers, as the process this
+    /// server started: the port may have been taken meanwhile by another
+    /// test's server, which must not be mistaken for this one.
     fn answers(&self) -> bool {
         use std::io::{Read, Write};
+        let Some(pid) = self.child.as_ref().map(Child::id) else {
+            return false;
+        };
         let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
         };
         let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-        if stream.write_all(b"PING\r\n").is_err() {
+        if stream.write_all(b"INFO server\r\n").is_err() {
             return false;
         }
-        let mut reply = [0u8; 7];
-        stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+        let expected = format!("process_id:{pid}\r\n");
+        let mut reply = Vec::new();
+        let mut chunk = [0u8; 4096];
+        // Until the line is there, or the reply ends (a closed stream, the
+        // read timeout) or is far longer than an INFO section.
+        while reply.len() < 1 << 16 {
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => reply.extend_from_slice(&chunk[..n]),
+            }
+            if String::from_utf8_lossy(&reply).contains(&expected) {
+                return true;
+            }
+        }
+        false
     }
 
     /// Kills the server now (as a crash would) and waits for it to exit.
