@@ -152,6 +152,53 @@ async fn assert_expires_at(conn: &mut MultiplexedConnection, key: &str, expiry: 
     );
 }
 
+/// Two processes' limiters of one a second, with a grant at `first`, `b`'s
+/// next acquire (`waiting`) reserved for the slot a second later, and a pause
+/// of 1.5 s set through `a` before that slot came, ending at `pause_end`.
+struct PausedAhead {
+    a: RedisRateLimiter,
+    b: RedisRateLimiter,
+    first: u64,
+    waiting: tokio::task::JoinHandle<Result<u64, AcquireError>>,
+    pause_end: u64,
+}
+
+/// Sets up [`PausedAhead`] on the limiter `name`; `None` if a step came too
+/// late for it (the run proves nothing).
+async fn pause_ahead_of_a_reservation(
+    server: &RedisServer,
+    conn: &mut MultiplexedConnection,
+    name: &str,
+) -> Option<PausedAhead> {
+    let quota = Quota::new(1, ms(1_000)).unwrap();
+    let a = limiter(server, name, &[quota]).await;
+    let b = limiter(server, name, &[quota]).await;
+    let first = micros(a.acquire().await.unwrap().recorded_at().unwrap());
+    let waiting = spawn_acquire(&b, 1);
+    if queued_before(&a, 1, Instant::now() + MISSED)
+        .await
+        .is_none()
+    {
+        waiting.abort();
+        return None;
+    }
+    a.pause_for(ms(1_500)).await.unwrap();
+    // Set at its end less 1.5 s: if not before b's slot, b was granted
+    // there.
+    let pause_end = meta_field(conn, name, "p").await;
+    if pause_end - 1_500_000 >= first + SECOND {
+        waiting.abort();
+        return None;
+    }
+    Some(PausedAhead {
+        a,
+        b,
+        first,
+        waiting,
+        pause_end,
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grants_come_max_per_window_each_at_the_earliest_microsecond() {
     let server = RedisServer::start();
@@ -371,28 +418,18 @@ async fn one_process_pause_holds_every_process_and_moves_reservations_made_befor
     let server = RedisServer::start();
     let mut conn = raw(&server).await;
     until_conclusive("pause", async |name| {
-        let quota = Quota::new(1, ms(1_000)).unwrap();
-        let a = limiter(&server, &name, &[quota]).await;
-        let b = limiter(&server, &name, &[quota]).await;
-        let first = micros(a.acquire().await.unwrap().recorded_at().unwrap());
-        // b reserves the next slot, a second after the first grant ...
-        let waiting = spawn_acquire(&b, 1);
-        if queued_before(&a, 1, Instant::now() + MISSED)
-            .await
-            .is_none()
-        {
-            waiting.abort();
+        // b reserves the next slot, a second after the first grant, then a
+        // hears 429 and pauses everyone for 1.5 s.
+        let Some(PausedAhead {
+            a,
+            b,
+            first,
+            waiting,
+            pause_end,
+        }) = pause_ahead_of_a_reservation(&server, &mut conn, &name).await
+        else {
             return false;
-        }
-        // ... then a hears 429 and pauses everyone for 1.5 s.
-        a.pause_for(ms(1_500)).await.unwrap();
-        let pause_end = meta_field(&mut conn, &name, "p").await;
-        // Set at `pause_end` less 1.5 s: if not before b's slot, b was
-        // granted there and the run proves nothing.
-        if pause_end - 1_500_000 >= first + SECOND {
-            waiting.abort();
-            return false;
-        }
+        };
         // Nothing is granted before the pause's end, in any process: b asks
         // again during the pause (seen queued behind its first reservation
         // before the pause ends, or the run proves nothing) ...
@@ -714,27 +751,18 @@ async fn a_pause_keeps_the_queue_in_order_ahead_of_later_arrivals() {
     let server = RedisServer::start();
     let mut conn = raw(&server).await;
     until_conclusive("pause-fifo", async |name| {
-        let quota = Quota::new(1, ms(1_000)).unwrap();
-        let a = limiter(&server, &name, &[quota]).await;
-        let b = limiter(&server, &name, &[quota]).await;
-        let first = micros(a.acquire().await.unwrap().recorded_at().unwrap());
         // b reserves the next slot, a second after the first grant; a pauses
-        // everyone for 1.5 s before it comes (the pause was set at its end
-        // less 1.5 s: if not before b's slot, the run proves nothing).
-        let queued = spawn_acquire(&b, 1);
-        if queued_before(&a, 1, Instant::now() + MISSED)
-            .await
-            .is_none()
-        {
-            queued.abort();
+        // everyone for 1.5 s before it comes.
+        let Some(PausedAhead {
+            a,
+            first,
+            waiting: queued,
+            pause_end,
+            ..
+        }) = pause_ahead_of_a_reservation(&server, &mut conn, &name).await
+        else {
             return false;
-        }
-        a.pause_for(ms(1_500)).await.unwrap();
-        let pause_end = meta_field(&mut conn, &name, "p").await;
-        if pause_end - 1_500_000 >= first + SECOND {
-            queued.abort();
-            return false;
-        }
+        };
         // Arrives during the pause, after b's reservation: it must come
         // after b. (Seen queued with b's, it arrived before the pause's end;
         // else the run proves nothing.)
