@@ -77,9 +77,9 @@ fn tasks_on_a_multi_thread_runtime_are_all_counted() {
     limiter.try_acquire_many(4_000).unwrap();
 }
 
-/// A key over its limit is refused from its gate, on a clock cheaper than
-/// tokio's: a refusal never overstates the wait, and a call made once the
-/// window has moved on is granted.
+/// A key over its limit is refused from the gate in its map entry, on a
+/// running clock: a refusal never overstates the wait, and a call made once
+/// the window has moved on is granted.
 #[test]
 fn keyed_refusals_on_a_running_clock_are_exact_enough_to_rely_on() {
     let window = Duration::from_millis(20);

@@ -77,20 +77,14 @@ impl Cell {
         self.held.full.get()
     }
 
-    /// A refusal of `cost` at `now` (no earlier than the time now), if the
-    /// gate alone tells.
+    /// A refusal of `cost` now, if the gate alone tells.
     #[inline]
-    pub(crate) fn refuses(
-        &self,
-        origin: Instant,
-        cost: Cost,
-        now: impl FnOnce() -> Instant,
-    ) -> Option<TryAcquireError> {
+    pub(crate) fn refuses(&self, origin: Instant, cost: Cost) -> Option<TryAcquireError> {
         let gate = self.gate.load(Ordering::Acquire);
         if gate == 0 || cost.requests != 1 {
             return None;
         }
-        let since = now().saturating_duration_since(origin);
+        let since = Instant::now().saturating_duration_since(origin);
         let until = Duration::from_nanos(gate);
         (since < until).then(|| TryAcquireError::RateLimited {
             retry_after: until - since,

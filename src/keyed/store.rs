@@ -6,10 +6,11 @@
 //! Each key owns a slot in a sharded concurrent map: a light window of its
 //! grants, or its full [`RateLimiter`] (see the `slot` module). An existing
 //! key costs one hash and one shard read lock, then: for a light key over
-//! its limit, a read of the gate in the map's entry; for a light key with
-//! room, the slot's own lock; for a full key, its limiter's `try_acquire`
-//! (no lock of the map's). Nothing else is touched, so keys never wait on
-//! one another beyond the shard lock.
+//! its limit, a read of the gate in the map's entry and of the clock; for a
+//! light key with room, the key's own lock; for a full key, its limiter's
+//! `try_acquire` (not the key's lock, once the handle outside it is set).
+//! Nothing else is touched, so keys never wait on one another beyond the
+//! shard lock.
 //!
 //! A key is *idle* when dropping its limiter and making a new one later would
 //! change nothing: no grant that still counts in any window, no pause, no
@@ -162,8 +163,7 @@ impl<K: Hash + Eq> Store<K> {
         if let Some(cell) = self.map.get(key) {
             // The gate first: it is in the entry, and closed only while the
             // slot is light.
-            if let Some(refused) = cell.refuses(self.origin, cost, || self.template.now_or_later())
-            {
+            if let Some(refused) = cell.refuses(self.origin, cost) {
                 return Ok(Err(refused));
             }
             if let Some(limiter) = cell.full() {

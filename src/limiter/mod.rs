@@ -80,10 +80,8 @@ impl Drop for Locked<'_> {
             return;
         }
         // The lane opens now, not when the lock was taken: the time is read
-        // again, before the counter (the instant the budget is counted at)
-        // and after it (the instant its grants are measured from, so that a
-        // pause between the two readings dates them late, never early; the
-        // opening still ends no later than one step after both).
+        // again, before the counter (the opening's instant) and after it (so
+        // that the opening ends no later than one step after both).
         let now = self.state.observe(self.shared.clock.now());
         let raw = counter.raw();
         let after = self.shared.clock.now();
@@ -97,7 +95,7 @@ impl Drop for Locked<'_> {
             .saturating_duration_since(after)
             .min(MAX_OPENING)
             .mul_f64(0.9);
-        let since_origin = after.saturating_duration_since(self.shared.origin);
+        let since_origin = now.saturating_duration_since(self.shared.origin);
         self.shared.lane.open(
             budget,
             lane::Anchor {
@@ -326,14 +324,6 @@ impl RateLimiter {
     /// several threads at once, and shards would cost memory per key.
     pub(crate) fn sibling(&self, quotas: &[Quota]) -> Result<RateLimiter, ConfigError> {
         Self::with_quotas_and_clock(quotas, self.shared.clock.fork(), 1)
-    }
-
-    /// An instant no earlier than the time now and a few microseconds later
-    /// at most, read more cheaply than tokio's clock: for checks that may
-    /// only refuse when they are sure.
-    #[inline]
-    pub(crate) fn now_or_later(&self) -> Instant {
-        self.shared.clock.now_or_later()
     }
 
     /// `shards`: how many words the fast lane splits its budget between, if
