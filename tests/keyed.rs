@@ -425,3 +425,33 @@ async fn a_key_with_a_large_quota_answers_alike_and_is_evicted_when_idle() {
     limiter.try_acquire("alice").unwrap();
     assert_eq!(limiter.key_stats("alice").unwrap().in_window, 2);
 }
+
+/// A keyed limiter built on a running clock and used once tokio's clock is
+/// paused follows the paused clock exactly: a refusal is lifted as soon as
+/// virtual time reaches it, for light and for full keys alike.
+#[test]
+fn a_limiter_built_before_the_clock_is_paused_follows_the_paused_clock() {
+    let light = KeyedRateLimiter::<u64>::new(1, secs(1)).unwrap();
+    let full = KeyedRateLimiter::<u64>::new(2_000, secs(1)).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        light.try_acquire(&1).unwrap();
+        let retry = light.try_acquire(&1).unwrap_err().retry_after().unwrap();
+        assert!(retry <= secs(1) && retry > ms(900), "{retry:?}");
+        tokio::time::advance(retry).await;
+        light
+            .try_acquire(&1)
+            .expect("granted once virtual time reaches it");
+
+        full.try_acquire_cost(&1, Cost::requests(2_000)).unwrap();
+        let retry = full.try_acquire(&1).unwrap_err().retry_after().unwrap();
+        assert!(retry <= secs(1) && retry > ms(900), "{retry:?}");
+        tokio::time::advance(retry).await;
+        full.try_acquire(&1)
+            .expect("granted once virtual time reaches it");
+    });
+}
