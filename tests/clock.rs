@@ -1,7 +1,7 @@
 //! The limiter follows tokio's paused clock, even one paused after it was built.
 mod common;
 
-use common::secs;
+use common::{paused_runtime, secs};
 use futures::future::join_all;
 use paceline::RateLimiter;
 use tokio::time::Instant;
@@ -9,11 +9,7 @@ use tokio::time::Instant;
 #[test]
 fn a_limiter_built_outside_the_runtime_follows_its_paused_clock() {
     let limiter = RateLimiter::new(15, secs(60)).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap();
+    let rt = paused_runtime();
     rt.block_on(async {
         let start = Instant::now();
         let grants = join_all((0..45).map(|_| limiter.acquire())).await;

@@ -4,7 +4,7 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
-use common::{ms, secs, since, spawn_queued};
+use common::{ms, paused_runtime, secs, since, spawn_queued};
 use futures::future::join_all;
 use futures::poll;
 use paceline::{
@@ -433,11 +433,7 @@ async fn a_key_with_a_large_quota_answers_alike_and_is_evicted_when_idle() {
 fn a_limiter_built_before_the_clock_is_paused_follows_the_paused_clock() {
     let light = KeyedRateLimiter::<u64>::new(1, secs(1)).unwrap();
     let full = KeyedRateLimiter::<u64>::new(2_000, secs(1)).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap();
+    let rt = paused_runtime();
     rt.block_on(async {
         light.try_acquire(&1).unwrap();
         let retry = light.try_acquire(&1).unwrap_err().retry_after().unwrap();

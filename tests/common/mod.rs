@@ -8,6 +8,16 @@ use paceline::RateLimiter;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+/// A current-thread runtime whose clock starts paused: for a limiter built
+/// before it, outside any runtime.
+pub(crate) fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
 /// Seconds as a `Duration`.
 pub(crate) fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
